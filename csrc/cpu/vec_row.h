@@ -1,0 +1,18 @@
+#pragma once
+// Float32 row primitives of the CPU kernels, compiled once per x86 ISA level (AVX-512, AVX2,
+// baseline) and picked at load time. Lane-wise accumulators keep the summation order fixed, so
+// results are bit-identical run to run whatever the thread count.
+#include <cstdint>
+
+namespace objx::cpu {
+
+// max_j x_j over a chunk, ignoring NaN (a NaN reaches the sum of exponentials instead).
+float chunk_max(const float* x, int64_t n);
+// sum_j exp(x_j - shift); exact 0 for x_j = -inf, NaN for NaN x_j.
+float chunk_sum_exp(const float* x, int64_t n, float shift);
+// sum_j x_j.
+float chunk_sum(const float* x, int64_t n);
+// out_j = a * exp(x_j - lse) - c.
+void chunk_scaled_softmax(const float* x, int64_t n, float lse, float a, float c, float* out);
+
+}  // namespace objx::cpu

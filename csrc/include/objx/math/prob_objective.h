@@ -1,0 +1,123 @@
+#pragma once
+// SPEC §1: per-row loss f(p) and gradient weight s_f(p) = -f'(p) p of every probability-based
+// objective, plus the row epilogue (thresholds, z-loss, label smoothing) shared by all kernels.
+#include <cmath>
+#include <limits>
+
+#include "objx/math/hd.h"
+
+namespace objx::math {
+
+enum class ObjectiveKind : int { kNll = 0, kPower = 1, kLog1m = 2 };
+
+// Everything a kernel needs to know about the objective, in the accumulation type.
+template <typename acc_t>
+struct ProbLossParams {
+  ObjectiveKind kind;
+  acc_t param;            // alpha for power, epsilon for log1m
+  acc_t min_prob;         // -inf when unset
+  acc_t max_prob;         // +inf when unset
+  acc_t label_smoothing;  // only with nll
+  acc_t z_loss;
+  acc_t softcap;          // 0 when unset
+  int64_t ignore_index;
+  int64_t vocab;
+};
+
+// f(p) from log p. p^alpha is exp(alpha log p) (SPEC §1), and expm1/log1p keep small terms exact.
+template <typename acc_t>
+OBJX_HD acc_t objective_value(ObjectiveKind kind, acc_t param, acc_t logp) {
+  using std::expm1;
+  using std::exp;
+  using std::log1p;
+  switch (kind) {
+    case ObjectiveKind::kPower: return -expm1(param * logp) / param;
+    case ObjectiveKind::kLog1m: return log1p(param - exp(logp));
+    default: return -logp;
+  }
+}
+
+// s_f(p): every objective's logits gradient is s_f(p) times the cross-entropy gradient.
+template <typename acc_t>
+OBJX_HD acc_t objective_weight(ObjectiveKind kind, acc_t param, acc_t logp) {
+  using std::exp;
+  switch (kind) {
+    case ObjectiveKind::kPower: return exp(param * logp);
+    case ObjectiveKind::kLog1m: {
+      const acc_t p = exp(logp);
+      return p / (acc_t(1) - p + param);
+    }
+    default: return acc_t(1);
+  }
+}
+
+// A row counts unless its gold probability is outside [min_prob, max_prob]; a NaN p counts,
+// so NaN logits reach the loss instead of being filtered out.
+template <typename acc_t>
+OBJX_HD bool row_passes_thresholds(const ProbLossParams<acc_t>& prm, acc_t p) {
+  return !(p < prm.min_prob) && !(p > prm.max_prob);
+}
+
+// Logit soft-capping c*tanh(z/c) (Gemma-2 style); its derivative is 1 - (capped/c)^2.
+template <typename acc_t>
+OBJX_HD acc_t softcap_value(acc_t z, acc_t cap) {
+  using std::tanh;
+  return cap > acc_t(0) ? cap * tanh(z / cap) : z;
+}
+template <typename acc_t>
+OBJX_HD acc_t softcap_grad(acc_t capped, acc_t cap) {
+  if (!(cap > acc_t(0))) return acc_t(1);
+  const acc_t t = capped / cap;
+  return acc_t(1) - t * t;
+}
+
+template <typename acc_t>
+struct ProbRowForward {
+  acc_t loss;  // 0 when the row does not count
+  acc_t prob;  // gold-token probability p_y (0 for ignored rows)
+  bool counted;
+};
+
+// Row epilogue of the forward pass. lse, z_y and sum_z are of the (soft-capped) logits;
+// sum_z is only used with label smoothing.
+template <typename acc_t>
+OBJX_HD ProbRowForward<acc_t> prob_row_forward(const ProbLossParams<acc_t>& prm, bool ignored,
+                                               acc_t lse, acc_t z_y, acc_t sum_z) {
+  using std::exp;
+  if (ignored) return {acc_t(0), acc_t(0), false};
+  const acc_t logp = z_y - lse;
+  const acc_t p = exp(logp);
+  if (!row_passes_thresholds(prm, p)) return {acc_t(0), p, false};
+  acc_t loss;
+  if (prm.label_smoothing != acc_t(0)) {
+    const acc_t eps = prm.label_smoothing;
+    loss = (acc_t(1) - eps) * (lse - z_y) + eps * (lse - sum_z / acc_t(prm.vocab));
+  } else if (prm.kind == ObjectiveKind::kNll) {
+    loss = lse - z_y;
+  } else {
+    loss = objective_value(prm.kind, prm.param, logp);
+  }
+  loss += prm.z_loss * lse * lse;
+  return {loss, p, true};
+}
+
+// Backward: for a counted row, d loss / d z_j = a * p_j - b * [j == y] - c, with z the
+// soft-capped logits (the caller multiplies by the soft-cap derivative).
+template <typename acc_t>
+struct ProbRowGrad {
+  acc_t a, b, c;
+};
+
+template <typename acc_t>
+OBJX_HD ProbRowGrad<acc_t> prob_row_grad(const ProbLossParams<acc_t>& prm, acc_t grad_row,
+                                         acc_t lse, acc_t p) {
+  using std::log;
+  const acc_t eps = prm.label_smoothing;
+  const acc_t s = eps != acc_t(0) ? acc_t(1) : objective_weight(prm.kind, prm.param, log(p));
+  const acc_t a = grad_row * (s + acc_t(2) * prm.z_loss * lse);
+  const acc_t b = grad_row * s * (acc_t(1) - eps);
+  const acc_t c = grad_row * s * eps / acc_t(prm.vocab);
+  return {a, b, c};
+}
+
+}  // namespace objx::math

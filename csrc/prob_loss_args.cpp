@@ -1,0 +1,125 @@
+#include "objx/prob_loss.h"
+
+#include <cmath>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace objx {
+namespace {
+
+math::ObjectiveKind parse_objective(const std::string& name) {
+  if (name == "nll") return math::ObjectiveKind::kNll;
+  if (name == "power") return math::ObjectiveKind::kPower;
+  if (name == "log1m") return math::ObjectiveKind::kLog1m;
+  TORCH_CHECK_VALUE(false, "objx.prob_loss: objective must be one of 'nll', 'power', 'log1m', got '",
+                    name, "'");
+}
+
+}  // namespace
+
+void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
+                            const ProbLossOptions& opt) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "objx.prob_loss: logits must be 2-D [N, V], got shape ",
+                    logits.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+                   "objx.prob_loss: logits must be float64, float32, bfloat16 or float16, got ",
+                   logits.scalar_type());
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "objx.prob_loss: target must be int64, got ",
+                   target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0),
+                    "objx.prob_loss: target must be 1-D with N = ", logits.size(0),
+                    " entries (logits is ", logits.sizes(), "), got shape ", target.sizes());
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "objx.prob_loss: target is on ",
+                    target.device(), " but logits is on ", logits.device());
+  TORCH_CHECK_VALUE(logits.size(1) > 0 || logits.size(0) == 0,
+                    "objx.prob_loss: logits has an empty vocabulary (V = 0)");
+  const auto kind = parse_objective(opt.objective);
+  if (kind == math::ObjectiveKind::kPower)
+    TORCH_CHECK_VALUE(opt.objective_param >= 0 && std::isfinite(opt.objective_param),
+                      "objx.prob_loss: alpha must be a finite number >= 0, got ", opt.objective_param);
+  if (kind == math::ObjectiveKind::kLog1m)
+    TORCH_CHECK_VALUE(opt.objective_param > 0 && std::isfinite(opt.objective_param),
+                      "objx.prob_loss: log1m epsilon must be > 0, got ", opt.objective_param);
+  TORCH_CHECK_VALUE(opt.label_smoothing >= 0 && opt.label_smoothing <= 1,
+                    "objx.prob_loss: label_smoothing must be in [0, 1], got ", opt.label_smoothing);
+  TORCH_CHECK_VALUE(opt.label_smoothing == 0 || kind == math::ObjectiveKind::kNll,
+                    "objx.prob_loss: label_smoothing is only defined for objective 'nll', got '",
+                    opt.objective, "'");
+  TORCH_CHECK_VALUE(opt.z_loss >= 0 && std::isfinite(opt.z_loss),
+                    "objx.prob_loss: z_loss must be a finite number >= 0, got ", opt.z_loss);
+  if (opt.softcap)
+    TORCH_CHECK_VALUE(*opt.softcap > 0 && std::isfinite(*opt.softcap),
+                      "objx.prob_loss: softcap must be a finite number > 0, got ", *opt.softcap);
+  if (opt.min_prob)
+    TORCH_CHECK_VALUE(*opt.min_prob >= 0 && *opt.min_prob <= 1,
+                      "objx.prob_loss: min_prob must be in [0, 1], got ", *opt.min_prob);
+  if (opt.max_prob)
+    TORCH_CHECK_VALUE(*opt.max_prob >= 0 && *opt.max_prob <= 1,
+                      "objx.prob_loss: max_prob must be in [0, 1], got ", *opt.max_prob);
+  if (opt.min_prob && opt.max_prob)
+    TORCH_CHECK_VALUE(*opt.min_prob <= *opt.max_prob, "objx.prob_loss: min_prob (", *opt.min_prob,
+                      ") must not exceed max_prob (", *opt.max_prob, ")");
+}
+
+void check_prob_loss_saved(const at::Tensor& logits, const at::Tensor& grad_loss, const at::Tensor& lse,
+                           const at::Tensor& prob, const at::Tensor& counted) {
+  const auto n = logits.size(0);
+  const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_loss", grad_loss},
+                                {"lse", lse}, {"token_prob", prob}, {"counted", counted}}) {
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, "objx.prob_loss_backward: ", name,
+                      " must have shape [", n, "], got ", t.sizes());
+    TORCH_CHECK_VALUE(t.device() == logits.device(), "objx.prob_loss_backward: ", name, " is on ",
+                      t.device(), " but logits is on ", logits.device());
+  }
+  TORCH_CHECK_TYPE(lse.scalar_type() == acc && prob.scalar_type() == acc,
+                   "objx.prob_loss_backward: lse and token_prob must be ", acc);
+  TORCH_CHECK_TYPE(counted.scalar_type() == at::kBool, "objx.prob_loss_backward: counted must be bool");
+}
+
+template <typename acc_t>
+math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, int64_t vocab) {
+  constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
+  auto kind = parse_objective(opt.objective);
+  // power(alpha) tends to nll as alpha -> 0 (SPEC §1).
+  if (kind == math::ObjectiveKind::kPower && opt.objective_param == 0) kind = math::ObjectiveKind::kNll;
+  return {kind,
+          static_cast<acc_t>(opt.objective_param),
+          opt.min_prob ? static_cast<acc_t>(*opt.min_prob) : -inf,
+          opt.max_prob ? static_cast<acc_t>(*opt.max_prob) : inf,
+          static_cast<acc_t>(opt.label_smoothing),
+          static_cast<acc_t>(opt.z_loss),
+          opt.softcap ? static_cast<acc_t>(*opt.softcap) : acc_t(0),
+          opt.ignore_index,
+          vocab};
+}
+template math::ProbLossParams<float> make_prob_loss_params<float>(const ProbLossOptions&, int64_t);
+template math::ProbLossParams<double> make_prob_loss_params<double>(const ProbLossOptions&, int64_t);
+
+ProbLossForward allocate_prob_loss_forward(const at::Tensor& logits) {
+  const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto n = logits.size(0);
+  auto opts = logits.options().dtype(acc);
+  return {at::empty({n}, opts), at::empty({n}, opts), at::empty({n}, opts),
+          at::empty({n}, logits.options().dtype(at::kBool))};
+}
+
+void raise_prob_loss_row_errors(const at::Tensor& logits, const at::Tensor& target,
+                                int64_t ignore_index, int64_t bad_target_row, int64_t empty_row) {
+  if (bad_target_row >= 0) {
+    const int64_t value = target[bad_target_row].item<int64_t>();
+    TORCH_CHECK_INDEX(false, "objx.prob_loss: target[", bad_target_row, "] = ", value,
+                      " is outside [0, ", logits.size(1), ") and is not ignore_index (",
+                      ignore_index, ")");
+  }
+  TORCH_CHECK_VALUE(empty_row < 0, "objx.prob_loss: logits row ", empty_row,
+                    " is -inf everywhere but its target counts (every token has probability 0)");
+}
+
+at::Tensor vocab_contiguous(const at::Tensor& logits) {
+  return logits.stride(1) == 1 || logits.size(1) <= 1 ? logits : logits.contiguous();
+}
+
+}  // namespace objx

@@ -1,0 +1,109 @@
+"""objx.Objective: which probability-based SFT objective to train with (SPEC §1)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
+
+KINDS = ("nll", "power", "log1m")
+
+_THRESHOLD = re.compile(r"^(?P<base>.*?)\s*(?:·|\*)?\s*1\[\s*p\s*(?P<op>>=|≥|<=|≤)\s*(?P<value>[-+0-9.eE]+)\s*\]$")
+_POWER = re.compile(r"^-\s*p\s*(?:\^\s*(?P<alpha>[-+0-9.eE]+))?$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An SFT objective f(p) of the gold-token probability p, with optional thresholds.
+
+    kind:     "nll" (-log p), "power" ((1 - p^alpha)/alpha; alpha=1 is the paper's "-p"),
+              or "log1m" (log(1 - p + eps)).
+    min_prob, max_prob: a row counts only when min_prob <= p <= max_prob.
+    reason:   why it was chosen, when a selection heuristic made it.
+    """
+
+    kind: str = "nll"
+    alpha: float = 1.0
+    eps: float = 1e-3
+    min_prob: Optional[float] = None
+    max_prob: Optional[float] = None
+    reason: Optional[str] = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"objective must be one of {KINDS} (or '-p', '-p^K'), got {self.kind!r}")
+        if self.kind == "power" and not (self.alpha >= 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
+        if self.kind == "log1m" and not self.eps > 0:
+            raise ValueError(f"log1m eps must be > 0, got {self.eps}")
+        for name in ("min_prob", "max_prob"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+
+    @classmethod
+    def parse(cls, spec: Union[str, "Objective"]) -> "Objective":
+        """Parse "nll", "-log p", "-p", "-p^10", "power", "log1m", "log(1-p)", optionally with a
+        threshold suffix in the paper's notation: "-log p·1[p≥0.2]" or "nll*1[p>=0.2]"."""
+        if isinstance(spec, Objective):
+            return spec
+        if not isinstance(spec, str):
+            raise TypeError(f"objective must be a str or objx.Objective, got {type(spec).__name__}")
+        text = spec.strip()
+        thresholds = {}
+        m = _THRESHOLD.match(text)
+        if m:
+            key = "min_prob" if m["op"] in (">=", "≥") else "max_prob"
+            thresholds[key] = float(m["value"])
+            text = m["base"].strip()
+        compact = text.replace(" ", "").lower()
+        if compact in ("nll", "-logp", "ce", "cross_entropy"):
+            return cls("nll", **thresholds)
+        if compact in ("log1m", "log(1-p)", "log(1-p+eps)"):
+            return cls("log1m", **thresholds)
+        if compact == "power":
+            return cls("power", **thresholds)
+        pm = _POWER.match(compact)
+        if pm:
+            return cls("power", alpha=float(pm["alpha"]) if pm["alpha"] else 1.0, **thresholds)
+        raise ValueError(f"cannot parse objective {spec!r}: expected 'nll', '-p', '-p^K', 'power' or "
+                         f"'log1m', optionally followed by '·1[p≥x]'")
+
+    @property
+    def param(self) -> float:
+        """The kernel's objective parameter: alpha for power, eps for log1m."""
+        return {"power": self.alpha, "log1m": self.eps}.get(self.kind, 0.0)
+
+    @property
+    def name(self) -> str:
+        """The paper's name for it."""
+        if self.kind == "power":
+            base = "-p" if self.alpha == 1 else f"-p^{self.alpha:g}"
+        elif self.kind == "log1m":
+            base = "log(1-p)"
+        else:
+            base = "-log p"
+        if self.min_prob is not None:
+            base += f"·1[p≥{self.min_prob:g}]"
+        if self.max_prob is not None:
+            base += f"·1[p≤{self.max_prob:g}]"
+        return base
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def resolve_objective(objective, alpha: float = 1.0, min_prob=None, max_prob=None) -> Objective:
+    """The Objective that prob_loss's arguments describe: a string names the kind (the "power"
+    kind takes alpha from the keyword, "-p^K" carries its own), keywords override thresholds."""
+    obj = Objective.parse(objective)
+    if isinstance(objective, str) and objective.strip().lower() == "power":
+        obj = replace(obj, alpha=float(alpha))
+    if min_prob is not None:
+        obj = replace(obj, min_prob=float(min_prob))
+    if max_prob is not None:
+        obj = replace(obj, max_prob=float(max_prob))
+    if obj.min_prob is not None and obj.max_prob is not None and obj.min_prob > obj.max_prob:
+        raise ValueError(f"min_prob ({obj.min_prob}) must not exceed max_prob ({obj.max_prob})")
+    return obj

@@ -1,0 +1,59 @@
+"""SPEC §1: probability-based SFT objectives on logits (objx.prob_loss, objx.ProbLoss)."""
+
+from typing import Optional, Union
+
+import torch
+
+from ._args import check_reduction, flatten_rows, reduce_rows
+from .objective import Objective, resolve_objective
+
+
+def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, Objective] = "nll", *,
+              alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
+              ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+              z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False):
+    """Loss of a probability-based objective f(p_y) over rows of logits [..., V] with targets [...].
+
+    objective: "nll" | "power" | "log1m", the paper's "-p" / "-p^K", or an objx.Objective.
+    Rows whose target is ignore_index, or whose p_y is outside [min_prob, max_prob], count as 0;
+    "mean" divides by the number of counted rows. The full softmax is never materialised.
+    With return_token_prob=True also returns p_y per row (float32, no gradient; 0 where ignored).
+    """
+    check_reduction(reduction)
+    obj = resolve_objective(objective, alpha, min_prob, max_prob)
+    rows_logits, rows_target = flatten_rows("objx.prob_loss", logits, target)
+    loss_rows, _lse, token_prob, counted = torch.ops.objx.prob_loss_forward(
+        rows_logits, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
+        int(ignore_index), float(label_smoothing), float(z_loss),
+        None if softcap is None else float(softcap))
+    loss = reduce_rows(loss_rows, counted, reduction, target.shape)
+    if return_token_prob:
+        return loss, token_prob.reshape(target.shape)
+    return loss
+
+
+class ProbLoss(torch.nn.Module):
+    """nn.Module form of objx.prob_loss; forward(logits, target)."""
+
+    def __init__(self, objective: Union[str, Objective] = "nll", *, alpha: float = 1.0,
+                 min_prob: Optional[float] = None, max_prob: Optional[float] = None,
+                 ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                 z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False):
+        super().__init__()
+        check_reduction(reduction)
+        self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.return_token_prob = return_token_prob
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor):
+        return prob_loss(logits, target, self.objective, ignore_index=self.ignore_index,
+                         reduction=self.reduction, label_smoothing=self.label_smoothing,
+                         z_loss=self.z_loss, softcap=self.softcap,
+                         return_token_prob=self.return_token_prob)
+
+    def extra_repr(self) -> str:
+        return f"objective={self.objective.name!r}, reduction={self.reduction!r}"
