@@ -64,18 +64,18 @@ void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
 }
 
 void check_prob_loss_saved(const at::Tensor& logits, const at::Tensor& grad_loss, const at::Tensor& lse,
-                           const at::Tensor& prob, const at::Tensor& counted) {
+                           const at::Tensor& logp, const at::Tensor& counted) {
   const auto n = logits.size(0);
   const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_loss", grad_loss},
-                                {"lse", lse}, {"token_prob", prob}, {"counted", counted}}) {
+                                {"lse", lse}, {"token_logprob", logp}, {"counted", counted}}) {
     TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, "objx.prob_loss_backward: ", name,
                       " must have shape [", n, "], got ", t.sizes());
     TORCH_CHECK_VALUE(t.device() == logits.device(), "objx.prob_loss_backward: ", name, " is on ",
                       t.device(), " but logits is on ", logits.device());
   }
-  TORCH_CHECK_TYPE(lse.scalar_type() == acc && prob.scalar_type() == acc,
-                   "objx.prob_loss_backward: lse and token_prob must be ", acc);
+  TORCH_CHECK_TYPE(lse.scalar_type() == acc && logp.scalar_type() == acc,
+                   "objx.prob_loss_backward: lse and token_logprob must be ", acc);
   TORCH_CHECK_TYPE(counted.scalar_type() == at::kBool, "objx.prob_loss_backward: counted must be bool");
 }
 

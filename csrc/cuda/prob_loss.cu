@@ -35,9 +35,11 @@ __device__ __forceinline__ bool aligned16(const scalar_t* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-// Adds a group of logits to a thread's running state with one rescale for the whole group.
+// Adds a group of logits to a thread's running state with one rescale for the whole group;
+// element `held_out` (the target, if in this group) joins the max and sum_z but not the exp-sum.
 template <typename acc_t, int K>
-__device__ __forceinline__ void push_group(LseState<acc_t>& st, acc_t& sum_z, const acc_t (&x)[K]) {
+__device__ __forceinline__ void push_group(LseState<acc_t>& st, acc_t& sum_z, const acc_t (&x)[K],
+                                           int held_out) {
   acc_t m = st.max;
 #pragma unroll
   for (int k = 0; k < K; ++k) m = x[k] > m ? x[k] : m;
@@ -45,7 +47,7 @@ __device__ __forceinline__ void push_group(LseState<acc_t>& st, acc_t& sum_z, co
   acc_t s = st.sum * math::exp_shifted(st.max, m);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    s += exp(x[k] - shift);
+    if (k != held_out) s += exp(x[k] - shift);
     sum_z += x[k];
   }
   st = {m, s};
@@ -55,7 +57,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) prob_loss_forward_kernel(
     const scalar_t* __restrict__ logits, int64_t stride, const int64_t* __restrict__ target,
     ProbLossParams<acc_t> prm, acc_t* __restrict__ loss, acc_t* __restrict__ lse_out,
-    acc_t* __restrict__ prob_out, bool* __restrict__ counted_out, unsigned long long* __restrict__ errors) {
+    acc_t* __restrict__ logp_out, bool* __restrict__ counted_out, unsigned long long* __restrict__ errors) {
   using P = Pack<scalar_t>;
   constexpr int K = P::kSize;
   const int64_t r = blockIdx.x;
@@ -66,13 +68,17 @@ __global__ void __launch_bounds__(kThreads) prob_loss_forward_kernel(
   if (!ignored && (t < 0 || t >= vocab)) {  // uniform over the block: report and leave the row
     if (threadIdx.x == 0) {
       atomicMin(errors, static_cast<unsigned long long>(r));
-      loss[r] = lse_out[r] = prob_out[r] = acc_t(0);
+      loss[r] = lse_out[r] = logp_out[r] = acc_t(0);
       counted_out[r] = false;
     }
     return;
   }
 
-  LseState<acc_t> st = math::lse_empty<acc_t>();
+  // The target's logit is held out of the running sum (math::finish_with_gold); thread 0 seeds it.
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const int64_t gold = ignored ? -1 : t;
+  const acc_t z_y = ignored ? acc_t(0) : math::softcap_value(static_cast<acc_t>(row[t]), prm.softcap);
+  LseState<acc_t> st = threadIdx.x == 0 && !ignored ? math::gold_seed(z_y) : math::lse_empty<acc_t>();
   acc_t sum_z = 0;
   int64_t done = 0;
   if (aligned16(row)) {
@@ -83,25 +89,30 @@ __global__ void __launch_bounds__(kThreads) prob_loss_forward_kernel(
       acc_t x[K];
 #pragma unroll
       for (int k = 0; k < K; ++k) x[k] = math::softcap_value(static_cast<acc_t>(pk.v[k]), prm.softcap);
-      push_group(st, sum_z, x);
+      const int64_t held = gold - i * K;
+      push_group(st, sum_z, x, held >= 0 && held < K ? static_cast<int>(held) : -1);
     }
     done = n_packs * K;
   }
   for (int64_t j = done + threadIdx.x; j < vocab; j += blockDim.x) {
     const acc_t x[1] = {math::softcap_value(static_cast<acc_t>(row[j]), prm.softcap)};
-    push_group(st, sum_z, x);
+    push_group(st, sum_z, x, j == gold ? 0 : -1);
   }
   st = block_lse(st, sum_z);
 
   if (threadIdx.x == 0) {
-    const acc_t row_lse = math::lse_finish(st);
-    const acc_t z_y = ignored ? acc_t(0) : math::softcap_value(static_cast<acc_t>(row[t]), prm.softcap);
-    const auto out = math::prob_row_forward(prm, ignored, row_lse, z_y, sum_z);
+    acc_t row_lse = math::lse_finish(st), logp = kNegInf;
+    if (!ignored) {
+      const auto fin = math::finish_with_gold(st, z_y);
+      row_lse = fin.lse;
+      logp = fin.logp;
+    }
+    const auto out = math::prob_row_forward(prm, ignored, row_lse, logp, sum_z);
     if (out.counted && row_lse == -std::numeric_limits<acc_t>::infinity())
       atomicMin(errors + 1, static_cast<unsigned long long>(r));
     loss[r] = out.loss;
     lse_out[r] = row_lse;
-    prob_out[r] = out.prob;
+    logp_out[r] = out.logp;
     counted_out[r] = out.counted;
   }
 }
@@ -110,8 +121,7 @@ template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ scalar_t grad_value(acc_t z, int64_t j, int64_t t, acc_t lse,
                                                const math::ProbRowGrad<acc_t>& g, acc_t cap) {
   const acc_t zc = math::softcap_value(z, cap);
-  acc_t v = g.a * exp(zc - lse) - g.c;
-  if (j == t) v -= g.b;
+  const acc_t v = j == t ? g.gold : g.a * exp(zc - lse) - g.c;
   return static_cast<scalar_t>(v * math::softcap_grad(zc, cap));
 }
 
@@ -119,7 +129,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
     const acc_t* __restrict__ grad_loss, int64_t grad_stride, const scalar_t* __restrict__ logits,
     int64_t stride, const int64_t* __restrict__ target, const acc_t* __restrict__ lse,
-    const acc_t* __restrict__ prob, const bool* __restrict__ counted, ProbLossParams<acc_t> prm,
+    const acc_t* __restrict__ logp, const bool* __restrict__ counted, ProbLossParams<acc_t> prm,
     scalar_t* __restrict__ grad) {
   using P = Pack<scalar_t>;
   constexpr int K = P::kSize;
@@ -130,7 +140,7 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
   const bool live = counted[r];
   const int64_t t = target[r];
   const acc_t row_lse = lse[r];
-  const auto g = live ? math::prob_row_grad(prm, grad_loss[r * grad_stride], row_lse, prob[r])
+  const auto g = live ? math::prob_row_grad(prm, grad_loss[r * grad_stride], row_lse, logp[r])
                       : math::ProbRowGrad<acc_t>{0, 0, 0};
   int64_t done = 0;
   if (aligned16(row) && aligned16(out)) {
@@ -168,9 +178,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prob_loss_forward(
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = vocab_contiguous(logits_in);
   const at::Tensor target = target_in.contiguous();
-  auto [loss, lse, prob, counted] = allocate_prob_loss_forward(logits);
+  auto [loss, lse, logp, counted] = allocate_prob_loss_forward(logits);
   const int64_t rows = logits.size(0);
-  if (rows == 0) return {loss, lse, prob, counted};
+  if (rows == 0) return {loss, lse, logp, counted};
   TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.prob_loss: too many rows (", rows, ")");
   // Rows with a bad target or an all -inf counted row; N means none. Read back once per call.
   auto errors = at::full({2}, rows, target.options());
@@ -180,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prob_loss_forward(
     prob_loss_forward_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
         logits.const_data_ptr<scalar_t>(), logits.stride(0), target.const_data_ptr<int64_t>(),
         make_prob_loss_params<acc_t>(opt, logits.size(1)), loss.mutable_data_ptr<acc_t>(),
-        lse.mutable_data_ptr<acc_t>(), prob.mutable_data_ptr<acc_t>(), counted.mutable_data_ptr<bool>(),
+        lse.mutable_data_ptr<acc_t>(), logp.mutable_data_ptr<acc_t>(), counted.mutable_data_ptr<bool>(),
         reinterpret_cast<unsigned long long*>(errors.mutable_data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -188,11 +198,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prob_loss_forward(
   const int64_t bad_target = host[0].item<int64_t>(), empty_row = host[1].item<int64_t>();
   raise_prob_loss_row_errors(logits, target, ignore_index, bad_target < rows ? bad_target : -1,
                              empty_row < rows ? empty_row : -1);
-  return {loss, lse, prob, counted};
+  return {loss, lse, logp, counted};
 }
 
 at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& logits_in,
-                              const at::Tensor& target_in, const at::Tensor& lse, const at::Tensor& prob,
+                              const at::Tensor& target_in, const at::Tensor& lse, const at::Tensor& logp,
                               const at::Tensor& counted, std::string objective, double param,
                               int64_t ignore_index, double label_smoothing, double z_loss,
                               std::optional<double> softcap) {
@@ -200,7 +210,7 @@ at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& log
   const auto opt = make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
                            label_smoothing, z_loss, softcap);
   check_prob_loss_inputs(logits_in, target_in, opt);
-  check_prob_loss_saved(logits_in, grad_loss, lse, prob, counted);
+  check_prob_loss_saved(logits_in, grad_loss, lse, logp, counted);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = vocab_contiguous(logits_in);
   const at::Tensor target = target_in.contiguous();
@@ -208,13 +218,13 @@ at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& log
   const int64_t rows = logits.size(0);
   if (rows == 0) return grad;
   const at::Tensor g = grad_loss.to(lse.scalar_type());
-  const at::Tensor lse_c = lse.contiguous(), prob_c = prob.contiguous(), counted_c = counted.contiguous();
+  const at::Tensor lse_c = lse.contiguous(), logp_c = logp.contiguous(), counted_c = counted.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     prob_loss_backward_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
         g.const_data_ptr<acc_t>(), g.stride(0), logits.const_data_ptr<scalar_t>(), logits.stride(0),
-        target.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(), prob_c.const_data_ptr<acc_t>(),
+        target.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(), logp_c.const_data_ptr<acc_t>(),
         counted_c.const_data_ptr<bool>(), make_prob_loss_params<acc_t>(opt, logits.size(1)),
         grad.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -21,7 +21,8 @@ def flatten_rows(fn: str, logits: torch.Tensor, target: torch.Tensor):
     if target.shape != logits.shape[:-1]:
         raise ValueError(f"{fn}: target must have shape {tuple(logits.shape[:-1])} (logits' leading dims), "
                          f"got {tuple(target.shape)}")
-    return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+    rows = target.numel()
+    return logits.reshape(rows, logits.shape[-1]), target.reshape(rows)
 
 
 def reduce_rows(rows: torch.Tensor, counted: torch.Tensor, reduction: str, shape) -> torch.Tensor:

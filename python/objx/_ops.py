@@ -26,7 +26,7 @@ def _prob_loss_forward_fake(logits, target, objective, objective_param, min_prob
 
 
 @torch.library.register_fake("objx::prob_loss_backward")
-def _prob_loss_backward_fake(grad_loss, logits, target, lse, token_prob, counted, objective,
+def _prob_loss_backward_fake(grad_loss, logits, target, lse, token_logprob, counted, objective,
                              objective_param, ignore_index, label_smoothing, z_loss, softcap):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
@@ -34,17 +34,17 @@ def _prob_loss_backward_fake(grad_loss, logits, target, lse, token_prob, counted
 def _prob_loss_setup_context(ctx, inputs, output):
     (logits, target, objective, objective_param, _min_prob, _max_prob, ignore_index,
      label_smoothing, z_loss, softcap) = inputs
-    _loss, lse, token_prob, counted = output
-    ctx.save_for_backward(logits, target, lse, token_prob, counted)
+    _loss, lse, token_logprob, counted = output
+    ctx.save_for_backward(logits, target, lse, token_logprob, counted)
     ctx.options = (objective, objective_param, ignore_index, label_smoothing, z_loss, softcap)
-    ctx.mark_non_differentiable(lse, token_prob, counted)
+    ctx.mark_non_differentiable(lse, token_logprob, counted)
 
 
-def _prob_loss_backward(ctx, grad_loss, _grad_lse, _grad_prob, _grad_counted):
-    logits, target, lse, token_prob, counted = ctx.saved_tensors
+def _prob_loss_backward(ctx, grad_loss, _grad_lse, _grad_logprob, _grad_counted):
+    logits, target, lse, token_logprob, counted = ctx.saved_tensors
     grad_logits = None
     if ctx.needs_input_grad[0]:
-        grad_logits = _lib.prob_loss_backward(grad_loss, logits, target, lse, token_prob, counted,
+        grad_logits = _lib.prob_loss_backward(grad_loss, logits, target, lse, token_logprob, counted,
                                               *ctx.options)
     return grad_logits, None, None, None, None, None, None, None, None, None
 

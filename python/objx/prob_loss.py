@@ -22,13 +22,13 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     check_reduction(reduction)
     obj = resolve_objective(objective, alpha, min_prob, max_prob)
     rows_logits, rows_target = flatten_rows("objx.prob_loss", logits, target)
-    loss_rows, _lse, token_prob, counted = torch.ops.objx.prob_loss_forward(
+    loss_rows, _lse, token_logprob, counted = torch.ops.objx.prob_loss_forward(
         rows_logits, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
         int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap))
     loss = reduce_rows(loss_rows, counted, reduction, target.shape)
     if return_token_prob:
-        return loss, token_prob.reshape(target.shape)
+        return loss, token_logprob.exp().to(torch.float32).reshape(target.shape)
     return loss
 
 

@@ -37,13 +37,13 @@ void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
 
 // Checks the backward's per-row inputs (grad of the per-row loss and the forward's saved rows).
 void check_prob_loss_saved(const at::Tensor& logits, const at::Tensor& grad_loss, const at::Tensor& lse,
-                           const at::Tensor& prob, const at::Tensor& counted);
+                           const at::Tensor& logp, const at::Tensor& counted);
 
 // Parameters for the kernels, in the accumulation type.
 template <typename acc_t>
 math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, int64_t vocab);
 
-// Forward outputs: per-row loss, lse, gold probability (accumulation dtype) and the counted mask.
+// Forward outputs: per-row loss, lse, gold log-probability (accumulation dtype) and the counted mask.
 using ProbLossForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 ProbLossForward allocate_prob_loss_forward(const at::Tensor& logits);
 

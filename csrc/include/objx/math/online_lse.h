@@ -46,4 +46,33 @@ OBJX_HD acc_t lse_finish(LseState<acc_t> s) {
   return s.max + log(s.sum);
 }
 
+// A row reduced with its target logit z_y held out of the sum: the state starts as
+// gold_seed(z_y) (so the max covers z_y) and never adds exp(z_y - max). Keeping the large gold term
+// out of the running sum leaves the sum of the other terms exact to float rounding, which 1 - p
+// needs when p is near 1 (log1m, -p^K and z-loss amplify it by up to 1/eps).
+template <typename acc_t>
+OBJX_HD LseState<acc_t> gold_seed(acc_t z_y) {
+  return {z_y, acc_t(0)};
+}
+
+template <typename acc_t>
+struct GoldLse {
+  acc_t lse;   // log sum_j exp(z_j)
+  acc_t logp;  // z_y - lse
+};
+
+template <typename acc_t>
+OBJX_HD GoldLse<acc_t> finish_with_gold(LseState<acc_t> others, acc_t z_y) {
+  using std::exp;
+  using std::log;
+  using std::log1p;
+  const acc_t m = others.max;
+  const acc_t gold = exp_shifted(z_y, m);
+  const acc_t lse = m + log(others.sum + gold);
+  // log p = -log(1 + sum_others / exp(z_y - m)); the direct form when that ratio would overflow.
+  const acc_t gap = m - z_y;
+  const acc_t logp = gap < acc_t(60) ? -log1p(others.sum * exp(gap)) : z_y - lse;
+  return {lse, logp};
+}
+
 }  // namespace objx::math

@@ -41,12 +41,10 @@ OBJX_HD acc_t objective_value(ObjectiveKind kind, acc_t param, acc_t logp) {
 template <typename acc_t>
 OBJX_HD acc_t objective_weight(ObjectiveKind kind, acc_t param, acc_t logp) {
   using std::exp;
+  using std::expm1;
   switch (kind) {
     case ObjectiveKind::kPower: return exp(param * logp);
-    case ObjectiveKind::kLog1m: {
-      const acc_t p = exp(logp);
-      return p / (acc_t(1) - p + param);
-    }
+    case ObjectiveKind::kLog1m: return exp(logp) / (param - expm1(logp));  // 1 - p = -expm1(log p)
     default: return acc_t(1);
   }
 }
@@ -74,50 +72,49 @@ OBJX_HD acc_t softcap_grad(acc_t capped, acc_t cap) {
 template <typename acc_t>
 struct ProbRowForward {
   acc_t loss;  // 0 when the row does not count
-  acc_t prob;  // gold-token probability p_y (0 for ignored rows)
+  acc_t logp;  // log p_y (-inf for ignored rows)
   bool counted;
 };
 
-// Row epilogue of the forward pass. lse, z_y and sum_z are of the (soft-capped) logits;
-// sum_z is only used with label smoothing.
+// Row epilogue of the forward pass. lse, logp = log p_y and sum_z (the sum of the logits, only
+// used with label smoothing) are of the soft-capped logits.
 template <typename acc_t>
 OBJX_HD ProbRowForward<acc_t> prob_row_forward(const ProbLossParams<acc_t>& prm, bool ignored,
-                                               acc_t lse, acc_t z_y, acc_t sum_z) {
+                                               acc_t lse, acc_t logp, acc_t sum_z) {
   using std::exp;
-  if (ignored) return {acc_t(0), acc_t(0), false};
-  const acc_t logp = z_y - lse;
+  if (ignored) return {acc_t(0), -std::numeric_limits<acc_t>::infinity(), false};
   const acc_t p = exp(logp);
-  if (!row_passes_thresholds(prm, p)) return {acc_t(0), p, false};
+  if (!row_passes_thresholds(prm, p)) return {acc_t(0), logp, false};
   acc_t loss;
   if (prm.label_smoothing != acc_t(0)) {
     const acc_t eps = prm.label_smoothing;
-    loss = (acc_t(1) - eps) * (lse - z_y) + eps * (lse - sum_z / acc_t(prm.vocab));
-  } else if (prm.kind == ObjectiveKind::kNll) {
-    loss = lse - z_y;
+    loss = -(acc_t(1) - eps) * logp + eps * (lse - sum_z / acc_t(prm.vocab));
   } else {
     loss = objective_value(prm.kind, prm.param, logp);
   }
   loss += prm.z_loss * lse * lse;
-  return {loss, p, true};
+  return {loss, logp, true};
 }
 
-// Backward: for a counted row, d loss / d z_j = a * p_j - b * [j == y] - c, with z the
-// soft-capped logits (the caller multiplies by the soft-cap derivative).
+// Backward: for a counted row, d loss / d z_j = a * p_j - c off the target and `gold` at j = y,
+// with z the soft-capped logits (the caller multiplies by the soft-cap derivative).
 template <typename acc_t>
 struct ProbRowGrad {
-  acc_t a, b, c;
+  acc_t a, c, gold;
 };
 
 template <typename acc_t>
 OBJX_HD ProbRowGrad<acc_t> prob_row_grad(const ProbLossParams<acc_t>& prm, acc_t grad_row,
-                                         acc_t lse, acc_t p) {
-  using std::log;
+                                         acc_t lse, acc_t logp) {
+  using std::expm1;
   const acc_t eps = prm.label_smoothing;
-  const acc_t s = eps != acc_t(0) ? acc_t(1) : objective_weight(prm.kind, prm.param, log(p));
+  const acc_t s = eps != acc_t(0) ? acc_t(1) : objective_weight(prm.kind, prm.param, logp);
   const acc_t a = grad_row * (s + acc_t(2) * prm.z_loss * lse);
-  const acc_t b = grad_row * s * (acc_t(1) - eps);
   const acc_t c = grad_row * s * eps / acc_t(prm.vocab);
-  return {a, b, c};
+  // a p_y - s (1 - eps) - c, written with p_y - 1 = expm1(log p_y): exact when p_y is near 1,
+  // where large s_f (log1m, z-loss) would amplify the rounding of p_y.
+  const acc_t gold = a * expm1(logp) + grad_row * (s * eps + acc_t(2) * prm.z_loss * lse) - c;
+  return {a, c, gold};
 }
 
 }  // namespace objx::math

@@ -1,0 +1,34 @@
+"""Inputs and tolerances shared by the tests (SPEC §5)."""
+
+import torch
+
+# (loss relative tolerance, gradient max-abs error over max-abs gradient)
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-4),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (2e-2, 2e-2),
+}
+
+
+def make_logits(rows, vocab, *, dtype=torch.float32, device="cpu", generator=None, scale=2.0):
+    """Random logits whose gold tokens span the whole probability range (from ~1/V up to ~1), so
+    that every objective and threshold sees rows of every kind; fresh values on every call."""
+    g = generator if generator is not None else torch.Generator().manual_seed(torch.seed() % 2**31)
+    z = torch.randn(rows, vocab, dtype=torch.float64, generator=g) * scale
+    y = torch.randint(0, vocab, (rows,), generator=g)
+    if rows:
+        z[torch.arange(rows), y] += torch.rand(rows, dtype=torch.float64, generator=g) * 16.0
+    return z.to(dtype).to(device), y.to(device)
+
+
+def rel_err(actual, expected):
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    scale = expected.abs().max().clamp(min=1e-300)
+    return ((actual - expected).abs().max() / scale).item()
+
+
+def assert_close(actual, expected, tol, what):
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
