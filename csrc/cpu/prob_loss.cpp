@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include <sys/mman.h>
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -146,6 +148,19 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& target, const Prob
                              empty_row.load() < rows ? empty_row.load() : -1);
 }
 
+// The gradient is the one [N, V] buffer we write, usually freshly mapped: with 4 KiB pages the
+// first-touch page faults cost more than the arithmetic. Ask for transparent huge pages (a hint;
+// ignored where THP is off).
+void advise_huge_pages(at::Tensor& t) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = 2u << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto end = begin + t.nbytes();
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  if (end > first + kHuge) madvise(reinterpret_cast<void*>(first), (end - first) & ~(kHuge - 1), MADV_HUGEPAGE);
+#endif
+}
+
 // Gradient of one counted row into out: a * p_j - b [j == y] - c, times the soft-cap derivative.
 template <typename scalar_t>
 void grad_row(const scalar_t* row, int64_t vocab, int64_t t, float lse, const math::ProbRowGrad<float>& g,
@@ -235,6 +250,7 @@ at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& log
   check_prob_loss_saved(logits, grad_loss, lse, logp, counted);
   auto grad = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   if (logits.size(0) == 0) return grad;
+  advise_huge_pages(grad);
   const auto acc = lse.scalar_type();
   const at::Tensor g = grad_loss.to(acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {

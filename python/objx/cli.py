@@ -1,0 +1,43 @@
+"""The `objx` command line."""
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="objx", description="Fused, vocabulary-chunked training losses.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="benchmark every objective against PyTorch eager / compile / peers")
+    bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--shape", action="append", metavar="NxV",
+                       help="rows x vocabulary, repeatable (default: 2048x32000 on CPU; "
+                            "8192x128256 and 8192x256000 on CUDA)")
+    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"],
+                       help="logits dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    bench.add_argument("--objective", action="append", help="objective to run, repeatable (default: all)")
+    bench.add_argument("--repeats", type=int, help="timed runs per case (median reported)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    bench.add_argument("--out", help="write the results as JSON here")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("info", help="print how objx was built")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from . import bench
+
+        return bench.main(args)
+    if args.command == "info":
+        import json
+
+        from . import build_info
+
+        print(json.dumps(build_info(), indent=2))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
