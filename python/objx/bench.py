@@ -40,7 +40,7 @@ class Result:
     median_ms: Optional[float]
     peak_mb: Optional[float]
     check: Optional[float]  # objx: max rel. error vs float64 reference; others: loss rel. diff vs objx
-    ok: bool
+    ok: bool  # objx within SPEC §5 of the reference; a peer ran
     note: str = ""
 
 
@@ -153,10 +153,12 @@ def run(device: str = None, shapes=None, dtype: str = None, objectives=None, rep
                 check = check_against_reference(objective, logits, target)
                 ok = check <= TOLERANCE[dt]
             else:
+                # Peers are compared with objx, which is itself checked against float64 above; a
+                # difference is information about the peer's rounding, not a failure of objx.
                 check = ((loss.float() - objx_loss).abs() / objx_loss.abs().clamp(min=1e-30)).item()
-                ok = check <= max(TOLERANCE[dt], 1e-4)
-                if not ok:
-                    note = "loss differs from objx"
+                ok = True
+                if check > TOLERANCE[dt]:
+                    note = "loss differs from objx (objx is checked against float64)"
             results.append(Result(name, objective.name, rows, vocab, str(dt).split(".")[-1],
                                   median * 1e3, None if peak is None else peak / 2**20, check, ok, note))
         del logits, target

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The one command for an (offline) machine with a GPU: build objx against the torch there, run the
+# test suite on CUDA, compute-sanitizer (memcheck) on a small case, then the benchmarks at LLM
+# shapes. Results go to the folder given as $1, or $OBJX_RESULTS, or bench/out/gpu-<date>.
+# Budget: well inside 10 minutes on an H100. Every step runs even if an earlier one fails; the
+# exit status says whether all passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OBJX_RESULTS:-bench/out/gpu-$(date +%Y%m%d-%H%M%S)}}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+status=0
+step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT_DIR/NAME.log, remember failures
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(date +%T))"
+  timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT_DIR/$name.log"
+  echo "== $name: exit $rc"
+  [ $rc -eq 0 ] || status=1
+}
+
+# Peer packages (liger-kernel, cut-cross-entropy) travel as wheels in .whl/ (see bench/README.md).
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/objx-peers .whl/*.whl \
+    && export PYTHONPATH="/tmp/objx-peers${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+{ nvidia-smi || true; "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
+  >"$OUT_DIR/device.txt" 2>&1
+cat "$OUT_DIR/device.txt" | tail -n 3
+
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-16}"
+step build 300 env OBJX_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps -v .
+step info 60 "$PY" -m objx info
+step tests 300 "$PY" -m pytest -q -x tests --junitxml="$OUT_DIR/tests.xml"
+step memcheck 180 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitizer_case.py
+step bench_128k 300 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 --shape 8192x128256 \
+  --out "$OUT_DIR/bench_8192x128256_bf16.json"
+step bench_256k 240 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 --shape 8192x256000 --no-compile \
+  --out "$OUT_DIR/bench_8192x256000_bf16.json"
+echo "results in $OUT_DIR (exit $status)"
+exit $status
