@@ -63,8 +63,9 @@ void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
                       ") must not exceed max_prob (", *opt.max_prob, ")");
 }
 
-void check_prob_loss_saved(const at::Tensor& logits, const at::Tensor& grad_loss, const at::Tensor& lse,
-                           const at::Tensor& logp, const at::Tensor& counted) {
+ProbLossSaved prepare_prob_loss_saved(const at::Tensor& logits, const at::Tensor& grad_loss,
+                                      const at::Tensor& lse, const at::Tensor& logp,
+                                      const at::Tensor& counted) {
   const auto n = logits.size(0);
   const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_loss", grad_loss},
@@ -77,6 +78,15 @@ void check_prob_loss_saved(const at::Tensor& logits, const at::Tensor& grad_loss
   TORCH_CHECK_TYPE(lse.scalar_type() == acc && logp.scalar_type() == acc,
                    "objx.prob_loss_backward: lse and token_logprob must be ", acc);
   TORCH_CHECK_TYPE(counted.scalar_type() == at::kBool, "objx.prob_loss_backward: counted must be bool");
+  return {grad_loss.to(acc).contiguous(), lse.contiguous(), logp.contiguous(), counted.contiguous()};
+}
+
+ProbLossInputs prepare_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                        ProbLossOptions opt) {
+  check_prob_loss_inputs(logits, target, opt);
+  // Unit stride along the vocabulary is all the kernels need; copy only when it is missing.
+  const bool unit = logits.stride(1) == 1 || logits.size(1) <= 1;
+  return {std::move(opt), unit ? logits : logits.contiguous(), target.contiguous()};
 }
 
 template <typename acc_t>
@@ -116,10 +126,6 @@ void raise_prob_loss_row_errors(const at::Tensor& logits, const at::Tensor& targ
   }
   TORCH_CHECK_VALUE(empty_row < 0, "objx.prob_loss: logits row ", empty_row,
                     " is -inf everywhere but its target counts (every token has probability 0)");
-}
-
-at::Tensor vocab_contiguous(const at::Tensor& logits) {
-  return logits.stride(1) == 1 || logits.size(1) <= 1 ? logits : logits.contiguous();
 }
 
 }  // namespace objx

@@ -198,7 +198,6 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& logits, const 
   const scalar_t* z = logits.const_data_ptr<scalar_t>();
   const int64_t* y = target.const_data_ptr<int64_t>();
   const acc_t* g_p = grad_loss.const_data_ptr<acc_t>();
-  const int64_t g_stride = grad_loss.stride(0);
   const acc_t* lse_p = lse.const_data_ptr<acc_t>();
   const acc_t* logp_p = logp.const_data_ptr<acc_t>();
   const bool* counted_p = counted.const_data_ptr<bool>();
@@ -210,7 +209,7 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& logits, const 
         std::fill(dst, dst + vocab, scalar_t(0));
         continue;
       }
-      const auto coef = math::prob_row_grad(prm, g_p[r * g_stride], lse_p[r], logp_p[r]);
+      const auto coef = math::prob_row_grad(prm, g_p[r], lse_p[r], logp_p[r]);
       grad_row(z + r * stride, vocab, y[r], lse_p[r], coef, prm.softcap, dst);
     }
   });
@@ -221,11 +220,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prob_loss_forward(
     std::optional<double> min_prob, std::optional<double> max_prob, int64_t ignore_index,
     double label_smoothing, double z_loss, std::optional<double> softcap) {
   NvtxRange range("objx::prob_loss_forward(cpu)");
-  const auto opt = make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index,
-                           label_smoothing, z_loss, softcap);
-  check_prob_loss_inputs(logits_in, target_in, opt);
-  const at::Tensor logits = vocab_contiguous(logits_in);
-  const at::Tensor target = target_in.contiguous();
+  const auto in = prepare_prob_loss_inputs(
+      logits_in, target_in,
+      make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index,
+                             label_smoothing, z_loss, softcap));
+  const at::Tensor& logits = in.logits;
+  const at::Tensor& target = in.target;
+  const ProbLossOptions& opt = in.opt;
   auto [loss, lse, logp, counted] = allocate_prob_loss_forward(logits);
   if (logits.size(0) == 0) return {loss, lse, logp, counted};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_forward", [&] {
@@ -242,20 +243,20 @@ at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& log
                               int64_t ignore_index, double label_smoothing, double z_loss,
                               std::optional<double> softcap) {
   NvtxRange range("objx::prob_loss_backward(cpu)");
-  const auto opt = make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
-                           label_smoothing, z_loss, softcap);
-  check_prob_loss_inputs(logits_in, target_in, opt);
-  const at::Tensor logits = vocab_contiguous(logits_in);
-  const at::Tensor target = target_in.contiguous();
-  check_prob_loss_saved(logits, grad_loss, lse, logp, counted);
+  const auto in = prepare_prob_loss_inputs(
+      logits_in, target_in,
+      make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
+                             label_smoothing, z_loss, softcap));
+  const at::Tensor& logits = in.logits;
+  const at::Tensor& target = in.target;
+  const ProbLossOptions& opt = in.opt;
+  const ProbLossSaved saved = prepare_prob_loss_saved(logits, grad_loss, lse, logp, counted);
   auto grad = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   if (logits.size(0) == 0) return grad;
   advise_huge_pages(grad);
-  const auto acc = lse.scalar_type();
-  const at::Tensor g = grad_loss.to(acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    backward_impl<scalar_t, acc_t>(g, logits, target, lse.contiguous(), logp.contiguous(), counted.contiguous(),
+    backward_impl<scalar_t, acc_t>(saved.grad_loss, logits, target, saved.lse, saved.logp, saved.counted,
                                    make_prob_loss_params<acc_t>(opt, logits.size(1)), grad);
   });
   return grad;

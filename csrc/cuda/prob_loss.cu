@@ -127,7 +127,7 @@ __device__ __forceinline__ scalar_t grad_value(acc_t z, int64_t j, int64_t t, ac
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
-    const acc_t* __restrict__ grad_loss, int64_t grad_stride, const scalar_t* __restrict__ logits,
+    const acc_t* __restrict__ grad_loss, const scalar_t* __restrict__ logits,
     int64_t stride, const int64_t* __restrict__ target, const acc_t* __restrict__ lse,
     const acc_t* __restrict__ logp, const bool* __restrict__ counted, ProbLossParams<acc_t> prm,
     scalar_t* __restrict__ grad) {
@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
   const bool live = counted[r];
   const int64_t t = target[r];
   const acc_t row_lse = lse[r];
-  const auto g = live ? math::prob_row_grad(prm, grad_loss[r * grad_stride], row_lse, logp[r])
+  const auto g = live ? math::prob_row_grad(prm, grad_loss[r], row_lse, logp[r])
                       : math::ProbRowGrad<acc_t>{0, 0, 0};
   int64_t done = 0;
   if (aligned16(row) && aligned16(out)) {
@@ -172,12 +172,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prob_loss_forward(
     std::optional<double> min_prob, std::optional<double> max_prob, int64_t ignore_index,
     double label_smoothing, double z_loss, std::optional<double> softcap) {
   NvtxRange range("objx::prob_loss_forward(cuda)");
-  const auto opt = make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index,
-                           label_smoothing, z_loss, softcap);
-  check_prob_loss_inputs(logits_in, target_in, opt);
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const at::Tensor logits = vocab_contiguous(logits_in);
-  const at::Tensor target = target_in.contiguous();
+  const auto in = prepare_prob_loss_inputs(
+      logits_in, target_in,
+      make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index,
+                             label_smoothing, z_loss, softcap));
+  const at::Tensor& logits = in.logits;
+  const at::Tensor& target = in.target;
+  const ProbLossOptions& opt = in.opt;
   auto [loss, lse, logp, counted] = allocate_prob_loss_forward(logits);
   const int64_t rows = logits.size(0);
   if (rows == 0) return {loss, lse, logp, counted};
@@ -207,25 +209,25 @@ at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& log
                               int64_t ignore_index, double label_smoothing, double z_loss,
                               std::optional<double> softcap) {
   NvtxRange range("objx::prob_loss_backward(cuda)");
-  const auto opt = make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
-                           label_smoothing, z_loss, softcap);
-  check_prob_loss_inputs(logits_in, target_in, opt);
-  check_prob_loss_saved(logits_in, grad_loss, lse, logp, counted);
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const at::Tensor logits = vocab_contiguous(logits_in);
-  const at::Tensor target = target_in.contiguous();
+  const auto in = prepare_prob_loss_inputs(
+      logits_in, target_in,
+      make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
+                             label_smoothing, z_loss, softcap));
+  const at::Tensor& logits = in.logits;
+  const at::Tensor& target = in.target;
+  const ProbLossOptions& opt = in.opt;
+  const ProbLossSaved saved = prepare_prob_loss_saved(logits, grad_loss, lse, logp, counted);
   auto grad = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t rows = logits.size(0);
   if (rows == 0) return grad;
-  const at::Tensor g = grad_loss.to(lse.scalar_type());
-  const at::Tensor lse_c = lse.contiguous(), logp_c = logp.contiguous(), counted_c = counted.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     prob_loss_backward_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
-        g.const_data_ptr<acc_t>(), g.stride(0), logits.const_data_ptr<scalar_t>(), logits.stride(0),
-        target.const_data_ptr<int64_t>(), lse_c.const_data_ptr<acc_t>(), logp_c.const_data_ptr<acc_t>(),
-        counted_c.const_data_ptr<bool>(), make_prob_loss_params<acc_t>(opt, logits.size(1)),
+        saved.grad_loss.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(), logits.stride(0),
+        target.const_data_ptr<int64_t>(), saved.lse.const_data_ptr<acc_t>(), saved.logp.const_data_ptr<acc_t>(),
+        saved.counted.const_data_ptr<bool>(), make_prob_loss_params<acc_t>(opt, logits.size(1)),
         grad.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -35,13 +35,29 @@ inline ProbLossOptions make_prob_loss_options(std::string objective, double para
 void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
                             const ProbLossOptions& opt);
 
-// Checks the backward's per-row inputs (grad of the per-row loss and the forward's saved rows).
-void check_prob_loss_saved(const at::Tensor& logits, const at::Tensor& grad_loss, const at::Tensor& lse,
-                           const at::Tensor& logp, const at::Tensor& counted);
-
 // Parameters for the kernels, in the accumulation type.
 template <typename acc_t>
 math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, int64_t vocab);
+
+// One call's inputs, checked and kernel-ready: vocabulary at unit stride, target contiguous.
+struct ProbLossInputs {
+  ProbLossOptions opt;
+  at::Tensor logits;
+  at::Tensor target;
+};
+ProbLossInputs prepare_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
+                                        ProbLossOptions opt);
+
+// The backward's per-row inputs, checked, contiguous, grad_loss in the accumulation dtype.
+struct ProbLossSaved {
+  at::Tensor grad_loss;
+  at::Tensor lse;
+  at::Tensor logp;
+  at::Tensor counted;
+};
+ProbLossSaved prepare_prob_loss_saved(const at::Tensor& logits, const at::Tensor& grad_loss,
+                                      const at::Tensor& lse, const at::Tensor& logp,
+                                      const at::Tensor& counted);
 
 // Forward outputs: per-row loss, lse, gold log-probability (accumulation dtype) and the counted mask.
 using ProbLossForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -52,7 +68,5 @@ ProbLossForward allocate_prob_loss_forward(const at::Tensor& logits);
 void raise_prob_loss_row_errors(const at::Tensor& logits, const at::Tensor& target,
                                 int64_t ignore_index, int64_t bad_target_row, int64_t empty_row);
 
-// Logits with unit stride along the vocabulary (copying only when needed).
-at::Tensor vocab_contiguous(const at::Tensor& logits);
 
 }  // namespace objx
