@@ -35,6 +35,10 @@ void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
                     target.device(), " but logits is on ", logits.device());
   TORCH_CHECK_VALUE(logits.size(1) > 0 || logits.size(0) == 0,
                     "objx.prob_loss: logits has an empty vocabulary (V = 0)");
+  check_prob_loss_options(opt);
+}
+
+void check_prob_loss_options(const ProbLossOptions& opt) {
   const auto kind = parse_objective(opt.objective);
   if (kind == math::ObjectiveKind::kPower)
     TORCH_CHECK_VALUE(opt.objective_param >= 0 && std::isfinite(opt.objective_param),
@@ -67,7 +71,7 @@ ProbLossSaved prepare_prob_loss_saved(const at::Tensor& logits, const at::Tensor
                                       const at::Tensor& lse, const at::Tensor& logp,
                                       const at::Tensor& counted) {
   const auto n = logits.size(0);
-  const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = prob_acc_dtype(logits.scalar_type());
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_loss", grad_loss},
                                 {"lse", lse}, {"token_logprob", logp}, {"counted", counted}}) {
     TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, "objx.prob_loss_backward: ", name,
@@ -108,20 +112,17 @@ math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, in
 template math::ProbLossParams<float> make_prob_loss_params<float>(const ProbLossOptions&, int64_t);
 template math::ProbLossParams<double> make_prob_loss_params<double>(const ProbLossOptions&, int64_t);
 
-ProbLossForward allocate_prob_loss_forward(const at::Tensor& logits) {
-  const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto n = logits.size(0);
-  auto opts = logits.options().dtype(acc);
-  return {at::empty({n}, opts), at::empty({n}, opts), at::empty({n}, opts),
-          at::empty({n}, logits.options().dtype(at::kBool))};
+ProbLossForward allocate_prob_loss_forward(int64_t rows, const at::TensorOptions& acc_options) {
+  return {at::empty({rows}, acc_options), at::empty({rows}, acc_options), at::empty({rows}, acc_options),
+          at::empty({rows}, acc_options.dtype(at::kBool))};
 }
 
-void raise_prob_loss_row_errors(const at::Tensor& logits, const at::Tensor& target,
-                                int64_t ignore_index, int64_t bad_target_row, int64_t empty_row) {
+void raise_prob_loss_row_errors(const at::Tensor& target, int64_t vocab, int64_t ignore_index,
+                                int64_t bad_target_row, int64_t empty_row) {
   if (bad_target_row >= 0) {
     const int64_t value = target[bad_target_row].item<int64_t>();
     TORCH_CHECK_INDEX(false, "objx.prob_loss: target[", bad_target_row, "] = ", value,
-                      " is outside [0, ", logits.size(1), ") and is not ignore_index (",
+                      " is outside [0, ", vocab, ") and is not ignore_index (",
                       ignore_index, ")");
   }
   TORCH_CHECK_VALUE(empty_row < 0, "objx.prob_loss: logits row ", empty_row,

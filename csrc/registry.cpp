@@ -12,4 +12,17 @@ TORCH_LIBRARY(objx, m) {
       "prob_loss_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor lse, "
       "Tensor token_logprob, Tensor counted, str objective, float objective_param, int ignore_index, "
       "float label_smoothing, float z_loss, float? softcap) -> Tensor");
+  // SPEC §1, fused linear variant: logits = hidden @ weight.T + bias, built one vocab_chunk-wide
+  // tile at a time. With grad_in_forward the gradients of sum_r loss[r] (for hidden, weight in
+  // float32/64 and bias) come out of the forward (empty otherwise).
+  m.def(
+      "linear_prob_loss_forward(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, str objective, "
+      "float objective_param, float? min_prob, float? max_prob, int ignore_index, float label_smoothing, "
+      "float z_loss, float? softcap, int vocab_chunk, bool grad_in_forward) -> (Tensor loss, Tensor lse, "
+      "Tensor token_logprob, Tensor counted, Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "linear_prob_loss_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, Tensor target, "
+      "Tensor lse, Tensor token_logprob, Tensor counted, str objective, float objective_param, int ignore_index, "
+      "float label_smoothing, float z_loss, float? softcap, int vocab_chunk) -> (Tensor grad_hidden, "
+      "Tensor grad_weight, Tensor grad_bias)");
 }

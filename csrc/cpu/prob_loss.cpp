@@ -1,5 +1,6 @@
-// CPU kernels of the prob_loss ops: rows in parallel, each row one pass of online log-sum-exp over
-// vocabulary chunks (forward) and one pass writing the gradient (backward).
+// CPU kernels of the prob_loss family: rows in parallel; a row is one pass of online log-sum-exp
+// over L1-sized pieces of the vocabulary (forward) and one pass writing the gradient (backward).
+// The same row functions serve the logits ops and the fused LM-head tiles.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -16,6 +17,7 @@
 #include "objx/math/prob_objective.h"
 #include "objx/nvtx.h"
 #include "objx/prob_loss.h"
+#include "objx/prob_loss_chunks.h"
 #include "vec_row.h"
 
 namespace objx::cpu {
@@ -24,32 +26,25 @@ namespace {
 using math::LseState;
 using math::ProbLossParams;
 
-// A chunk fits in L1 beside its gradient, so each logit is read from memory once per pass.
-constexpr int64_t kChunk = 2048;
+// A piece fits in L1 beside its gradient, so each logit is read from memory once per pass.
+constexpr int64_t kPiece = 2048;
 // Rows per parallel task: enough work to amortise scheduling for small V.
-int64_t row_grain(int64_t vocab) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(vocab, 1)); }
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
 
-// Load a chunk as float (soft-capped if asked); float input without a cap is used in place.
 template <typename scalar_t>
-const float* load_chunk(const scalar_t* src, int64_t n, float cap, float* buf) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (cap == 0.0f) return src;
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Load a piece in the accumulation type (soft-capped if asked); used in place when it already is.
+template <typename scalar_t, typename acc_t>
+const acc_t* load_piece(const scalar_t* src, int64_t n, acc_t cap, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (cap == acc_t(0)) return src;
   }
-  if (cap == 0.0f) {
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(src[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) buf[i] = math::softcap_value(static_cast<float>(src[i]), cap);
-  }
+  for (int64_t i = 0; i < n; ++i) buf[i] = math::softcap_value(static_cast<acc_t>(src[i]), cap);
   return buf;
 }
 
-struct RowReduction {
-  double lse;
-  double logp;  // log p_y, when the target is in range
-  double sum_z;
-};
-
-// Adds logits x[0, n) to the running state (float: vectorised chunk primitives).
+// Adds logits x[0, n) to a running state (float: the vectorised primitives of vec_row.h).
 void absorb(LseState<float>& st, double& sum_z, const float* x, int64_t n, bool want_sum) {
   if (n <= 0) return;
   const float cm = chunk_max(x, n);
@@ -63,89 +58,87 @@ void absorb(LseState<float>& st, double& sum_z, const float* x, int64_t n, bool 
 // float64: plain loops with exact std::exp.
 void absorb(LseState<double>& st, double& sum_z, const double* x, int64_t n, bool /*want_sum*/) {
   if (n <= 0) return;
-  LseState<double> chunk = math::lse_empty<double>();
-  for (int64_t i = 0; i < n; ++i) chunk.max = x[i] > chunk.max ? x[i] : chunk.max;
-  const double shift = chunk.max == -std::numeric_limits<double>::infinity() ? 0.0 : chunk.max;
+  LseState<double> piece = math::lse_empty<double>();
+  for (int64_t i = 0; i < n; ++i) piece.max = x[i] > piece.max ? x[i] : piece.max;
+  const double shift = piece.max == -std::numeric_limits<double>::infinity() ? 0.0 : piece.max;
   for (int64_t i = 0; i < n; ++i) {
-    chunk.sum += std::exp(x[i] - shift);
+    piece.sum += std::exp(x[i] - shift);
     sum_z += x[i];
   }
-  st = math::lse_merge(st, chunk);
+  st = math::lse_merge(st, piece);
 }
 
-const double* load_chunk(const double* src, int64_t n, double cap, double* buf) {
-  if (cap == 0.0) return src;
-  for (int64_t i = 0; i < n; ++i) buf[i] = math::softcap_value(src[i], cap);
-  return buf;
-}
+template <typename acc_t>
+struct RowState {
+  LseState<acc_t> others;  // online LSE of every logit but the target's
+  acc_t z_gold;            // the target's (soft-capped) logit, once seen
+  double sum_z;            // sum of the logits
+};
 
-// One pass over a row: lse, log p_y (target t, or none when t is out of range) and the sum of the
-// logits. The target's logit is held out of the running sum (see math::finish_with_gold).
+// Folds cols logits of one row into s; column `gold` (or -1) is the target, held out of the sum
+// (see math::finish_with_gold) but seeding the max.
 template <typename scalar_t, typename acc_t>
-RowReduction reduce_row(const scalar_t* row, int64_t vocab, int64_t t, const ProbLossParams<acc_t>& prm) {
-  acc_t buf[kChunk];
-  const bool has_gold = t >= 0 && t < vocab;
-  const acc_t z_y = has_gold ? math::softcap_value(static_cast<acc_t>(row[t]), prm.softcap) : acc_t(0);
-  LseState<acc_t> st = has_gold ? math::gold_seed(z_y) : math::lse_empty<acc_t>();
+void reduce_row(const scalar_t* row, int64_t cols, int64_t gold, const ProbLossParams<acc_t>& prm,
+                RowState<acc_t>& s) {
+  acc_t buf[kPiece];
   const bool want_sum = prm.label_smoothing != acc_t(0);
-  double sum_z = has_gold ? static_cast<double>(z_y) : 0.0;
-  for (int64_t start = 0; start < vocab; start += kChunk) {
-    const int64_t n = std::min(kChunk, vocab - start);
-    const acc_t* x = load_chunk(row + start, n, prm.softcap, buf);
-    const int64_t g = has_gold ? t - start : -1;
+  if (gold >= 0) {
+    s.z_gold = math::softcap_value(static_cast<acc_t>(row[gold]), prm.softcap);
+    s.others = math::lse_merge(s.others, math::gold_seed(s.z_gold));
+    s.sum_z += s.z_gold;
+  }
+  for (int64_t start = 0; start < cols; start += kPiece) {
+    const int64_t n = std::min(kPiece, cols - start);
+    const acc_t* x = load_piece(row + start, n, prm.softcap, buf);
+    const int64_t g = gold - start;
     if (g >= 0 && g < n) {
-      absorb(st, sum_z, x, g, want_sum);
-      absorb(st, sum_z, x + g + 1, n - g - 1, want_sum);
+      absorb(s.others, s.sum_z, x, g, want_sum);
+      absorb(s.others, s.sum_z, x + g + 1, n - g - 1, want_sum);
     } else {
-      absorb(st, sum_z, x, n, want_sum);
+      absorb(s.others, s.sum_z, x, n, want_sum);
     }
   }
-  if (!has_gold) return {math::lse_finish(st), 0.0, sum_z};
-  const auto fin = math::finish_with_gold(st, z_y);
-  return {fin.lse, fin.logp, sum_z};
 }
 
-template <typename scalar_t, typename acc_t>
-void forward_impl(const at::Tensor& logits, const at::Tensor& target, const ProbLossParams<acc_t>& prm,
-                  at::Tensor& loss, at::Tensor& lse, at::Tensor& logp, at::Tensor& counted) {
-  const int64_t rows = logits.size(0), vocab = logits.size(1), stride = logits.stride(0);
-  const scalar_t* z = logits.const_data_ptr<scalar_t>();
-  const int64_t* y = target.const_data_ptr<int64_t>();
+// Writes each row's result and raises for the first bad row, after all rows are done.
+template <typename acc_t, typename RowFn>
+void finish_rows(int64_t rows, int64_t grain, const at::Tensor& target, const ProbLossParams<acc_t>& prm,
+                 ProbLossForward& out, RowFn&& row_result) {
+  auto& [loss, lse, logp, counted] = out;
   acc_t* loss_p = loss.mutable_data_ptr<acc_t>();
   acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
   acc_t* logp_p = logp.mutable_data_ptr<acc_t>();
   bool* counted_p = counted.mutable_data_ptr<bool>();
-  std::atomic<int64_t> bad_target{rows}, empty_row{rows};
-  auto keep_min = [](std::atomic<int64_t>& slot, int64_t v) {
-    int64_t cur = slot.load();
-    while (v < cur && !slot.compare_exchange_weak(cur, v)) {}
-  };
-
-  at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+  std::atomic<int64_t> first_error[3] = {rows, rows, rows};
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* row = z + r * stride;
-      const int64_t t = y[r];
-      const bool ignored = t == prm.ignore_index;
-      if (!ignored && (t < 0 || t >= vocab)) {
-        keep_min(bad_target, r);
-        loss_p[r] = lse_p[r] = logp_p[r] = acc_t(0);
-        counted_p[r] = false;
-        continue;
+      const math::ProbRowResult<acc_t> res = row_result(r);
+      loss_p[r] = res.loss;
+      lse_p[r] = res.lse;
+      logp_p[r] = res.logp;
+      counted_p[r] = res.counted;
+      if (res.error) {
+        int64_t cur = first_error[res.error].load();
+        while (r < cur && !first_error[res.error].compare_exchange_weak(cur, r)) {}
       }
-      const RowReduction red = reduce_row(row, vocab, t, prm);
-      const acc_t row_lse = static_cast<acc_t>(red.lse);
-      const auto out = math::prob_row_forward(prm, ignored, row_lse, static_cast<acc_t>(red.logp),
-                                              static_cast<acc_t>(red.sum_z));
-      if (out.counted && row_lse == -std::numeric_limits<acc_t>::infinity()) keep_min(empty_row, r);
-      loss_p[r] = out.loss;
-      lse_p[r] = row_lse;
-      logp_p[r] = out.logp;
-      counted_p[r] = out.counted;
     }
   });
-  raise_prob_loss_row_errors(logits, target, prm.ignore_index,
-                             bad_target.load() < rows ? bad_target.load() : -1,
-                             empty_row.load() < rows ? empty_row.load() : -1);
+  const int64_t bad = first_error[math::kBadTarget].load(), empty = first_error[math::kEmptyRow].load();
+  raise_prob_loss_row_errors(target, prm.vocab, prm.ignore_index, bad < rows ? bad : -1,
+                             empty < rows ? empty : -1);
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_impl(const at::Tensor& logits, const at::Tensor& target, const ProbLossParams<acc_t>& prm,
+                  ProbLossForward& out) {
+  const int64_t vocab = logits.size(1), stride = logits.stride(0);
+  const scalar_t* z = logits.const_data_ptr<scalar_t>();
+  const int64_t* y = target.const_data_ptr<int64_t>();
+  finish_rows(logits.size(0), row_grain(vocab), target, prm, out, [&](int64_t r) {
+    RowState<acc_t> s{math::lse_empty<acc_t>(), acc_t(0), 0.0};
+    reduce_row(z + r * stride, vocab, math::gold_column(y[r], prm.ignore_index, 0, vocab), prm, s);
+    return math::prob_row_finish(prm, y[r], s.others, s.z_gold, static_cast<acc_t>(s.sum_z));
+  });
 }
 
 // The gradient is the one [N, V] buffer we write, usually freshly mapped: with 4 KiB pages the
@@ -161,15 +154,16 @@ void advise_huge_pages(at::Tensor& t) {
 #endif
 }
 
-// Gradient of one counted row into out: a * p_j - b [j == y] - c, times the soft-cap derivative.
+// Gradient of one counted row: a p_j - c, `gold` at column t, times the soft-cap derivative.
+// out may alias row (a tile overwritten with its gradient): each element is read before written.
 template <typename scalar_t>
-void grad_row(const scalar_t* row, int64_t vocab, int64_t t, float lse, const math::ProbRowGrad<float>& g,
+void grad_row(const scalar_t* row, int64_t cols, int64_t t, float lse, const math::ProbRowGrad<float>& g,
               float cap, scalar_t* out) {
-  float buf[kChunk];
-  float gbuf[kChunk];
-  for (int64_t start = 0; start < vocab; start += kChunk) {
-    const int64_t n = std::min(kChunk, vocab - start);
-    const float* x = load_chunk(row + start, n, cap, buf);
+  float buf[kPiece];
+  float gbuf[kPiece];
+  for (int64_t start = 0; start < cols; start += kPiece) {
+    const int64_t n = std::min(kPiece, cols - start);
+    const float* x = load_piece(row + start, n, cap, buf);
     float* dst = gbuf;
     if constexpr (std::is_same_v<scalar_t, float>) dst = out + start;
     chunk_scaled_softmax(x, n, lse, g.a, g.c, dst);
@@ -181,60 +175,57 @@ void grad_row(const scalar_t* row, int64_t vocab, int64_t t, float lse, const ma
   }
 }
 
-void grad_row(const double* row, int64_t vocab, int64_t t, double lse, const math::ProbRowGrad<double>& g,
+void grad_row(const double* row, int64_t cols, int64_t t, double lse, const math::ProbRowGrad<double>& g,
               double cap, double* out) {
-  for (int64_t j = 0; j < vocab; ++j) {
+  for (int64_t j = 0; j < cols; ++j) {
     const double zc = math::softcap_value(row[j], cap);
     const double v = j == t ? g.gold : g.a * std::exp(zc - lse) - g.c;
     out[j] = v * math::softcap_grad(zc, cap);
   }
 }
 
+// Gradient of logits columns [col_offset, col_offset + cols) into out (row stride out_stride).
 template <typename scalar_t, typename acc_t>
-void backward_impl(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
-                   const at::Tensor& lse, const at::Tensor& logp, const at::Tensor& counted,
-                   const ProbLossParams<acc_t>& prm, at::Tensor& grad) {
-  const int64_t rows = logits.size(0), vocab = logits.size(1), stride = logits.stride(0);
-  const scalar_t* z = logits.const_data_ptr<scalar_t>();
+void backward_impl(const scalar_t* z, int64_t rows, int64_t cols, int64_t stride, const at::Tensor& target,
+                   int64_t col_offset, const ProbLossSaved& saved, const ProbLossParams<acc_t>& prm,
+                   scalar_t* out, int64_t out_stride) {
   const int64_t* y = target.const_data_ptr<int64_t>();
-  const acc_t* g_p = grad_loss.const_data_ptr<acc_t>();
-  const acc_t* lse_p = lse.const_data_ptr<acc_t>();
-  const acc_t* logp_p = logp.const_data_ptr<acc_t>();
-  const bool* counted_p = counted.const_data_ptr<bool>();
-  scalar_t* out = grad.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+  const acc_t* g_p = saved.grad_loss.const_data_ptr<acc_t>();
+  const acc_t* lse_p = saved.lse.const_data_ptr<acc_t>();
+  const acc_t* logp_p = saved.logp.const_data_ptr<acc_t>();
+  const bool* counted_p = saved.counted.const_data_ptr<bool>();
+  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      scalar_t* dst = out + r * vocab;
+      scalar_t* dst = out + r * out_stride;
       if (!counted_p[r]) {
-        std::fill(dst, dst + vocab, scalar_t(0));
+        std::fill(dst, dst + cols, scalar_t(0));
         continue;
       }
       const auto coef = math::prob_row_grad(prm, g_p[r], lse_p[r], logp_p[r]);
-      grad_row(z + r * stride, vocab, y[r], lse_p[r], coef, prm.softcap, dst);
+      grad_row(z + r * stride, cols, y[r] - col_offset, lse_p[r], coef, prm.softcap, dst);
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prob_loss_forward(
-    const at::Tensor& logits_in, const at::Tensor& target_in, std::string objective, double param,
-    std::optional<double> min_prob, std::optional<double> max_prob, int64_t ignore_index,
-    double label_smoothing, double z_loss, std::optional<double> softcap) {
+// ---- op entry points -----------------------------------------------------------------------
+
+ProbLossForward prob_loss_forward(const at::Tensor& logits_in, const at::Tensor& target_in,
+                                  std::string objective, double param, std::optional<double> min_prob,
+                                  std::optional<double> max_prob, int64_t ignore_index,
+                                  double label_smoothing, double z_loss, std::optional<double> softcap) {
   NvtxRange range("objx::prob_loss_forward(cpu)");
   const auto in = prepare_prob_loss_inputs(
       logits_in, target_in,
       make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index,
                              label_smoothing, z_loss, softcap));
-  const at::Tensor& logits = in.logits;
-  const at::Tensor& target = in.target;
-  const ProbLossOptions& opt = in.opt;
-  auto [loss, lse, logp, counted] = allocate_prob_loss_forward(logits);
-  if (logits.size(0) == 0) return {loss, lse, logp, counted};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_forward", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    forward_impl<scalar_t, acc_t>(logits, target, make_prob_loss_params<acc_t>(opt, logits.size(1)),
-                                  loss, lse, logp, counted);
+  auto out = allocate_prob_loss_forward(in.logits.size(0),
+                                        in.logits.options().dtype(prob_acc_dtype(in.logits.scalar_type())));
+  if (in.logits.size(0) == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.logits.scalar_type(), "objx_prob_loss_forward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    forward_impl<scalar_t, acc_t>(in.logits, in.target, make_prob_loss_params<acc_t>(in.opt, in.logits.size(1)), out);
   });
-  return {loss, lse, logp, counted};
+  return out;
 }
 
 at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& logits_in,
@@ -248,21 +239,76 @@ at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& log
       make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
                              label_smoothing, z_loss, softcap));
   const at::Tensor& logits = in.logits;
-  const at::Tensor& target = in.target;
-  const ProbLossOptions& opt = in.opt;
   const ProbLossSaved saved = prepare_prob_loss_saved(logits, grad_loss, lse, logp, counted);
   auto grad = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   if (logits.size(0) == 0) return grad;
   advise_huge_pages(grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    backward_impl<scalar_t, acc_t>(saved.grad_loss, logits, target, saved.lse, saved.logp, saved.counted,
-                                   make_prob_loss_params<acc_t>(opt, logits.size(1)), grad);
+    using acc_t = acc_type<scalar_t>;
+    backward_impl<scalar_t, acc_t>(logits.const_data_ptr<scalar_t>(), logits.size(0), logits.size(1),
+                                   logits.stride(0), in.target, 0, saved,
+                                   make_prob_loss_params<acc_t>(in.opt, logits.size(1)),
+                                   grad.mutable_data_ptr<scalar_t>(), logits.size(1));
   });
   return grad;
 }
 
 }  // namespace
+
+// ---- tiles of the fused LM-head loss --------------------------------------------------------
+
+void prob_tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
+                      const ProbLossOptions& opt, ProbTileState& state) {
+  const int64_t cols = tile.size(1), stride = tile.stride(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, tile.scalar_type(), "objx_prob_tile_reduce", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const auto prm = make_prob_loss_params<acc_t>(opt, cols);
+    const scalar_t* z = tile.const_data_ptr<scalar_t>();
+    const int64_t* y = target.const_data_ptr<int64_t>();
+    acc_t* mx = state.max.mutable_data_ptr<acc_t>();
+    acc_t* sm = state.sum.mutable_data_ptr<acc_t>();
+    acc_t* zg = state.z_gold.mutable_data_ptr<acc_t>();
+    acc_t* sz = state.sum_z.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, tile.size(0), row_grain(cols), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        RowState<acc_t> s{{mx[r], sm[r]}, zg[r], static_cast<double>(sz[r])};
+        reduce_row(z + r * stride, cols, math::gold_column(y[r], opt.ignore_index, col_offset, cols), prm, s);
+        mx[r] = s.others.max;
+        sm[r] = s.others.sum;
+        zg[r] = s.z_gold;
+        sz[r] = static_cast<acc_t>(s.sum_z);
+      }
+    });
+  });
+}
+
+ProbLossForward prob_tile_finish(const ProbTileState& state, const at::Tensor& target,
+                                 const ProbLossOptions& opt, int64_t vocab) {
+  ProbLossForward out = allocate_prob_loss_forward(target.size(0), state.max.options());
+  AT_DISPATCH_FLOATING_TYPES(state.max.scalar_type(), "objx_prob_tile_finish", [&] {
+    using acc_t = scalar_t;
+    const auto prm = make_prob_loss_params<acc_t>(opt, vocab);
+    const acc_t* mx = state.max.const_data_ptr<acc_t>();
+    const acc_t* sm = state.sum.const_data_ptr<acc_t>();
+    const acc_t* zg = state.z_gold.const_data_ptr<acc_t>();
+    const acc_t* sz = state.sum_z.const_data_ptr<acc_t>();
+    const int64_t* y = target.const_data_ptr<int64_t>();
+    finish_rows(target.size(0), 4096, target, prm, out, [&](int64_t r) {
+      return math::prob_row_finish(prm, y[r], LseState<acc_t>{mx[r], sm[r]}, zg[r], sz[r]);
+    });
+  });
+  return out;
+}
+
+void prob_tile_grad(at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
+                    const ProbLossSaved& saved, const ProbLossOptions& opt, int64_t vocab) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, tile.scalar_type(), "objx_prob_tile_grad", [&] {
+    using acc_t = acc_type<scalar_t>;
+    scalar_t* z = tile.mutable_data_ptr<scalar_t>();
+    backward_impl<scalar_t, acc_t>(z, tile.size(0), tile.size(1), tile.stride(0), target, col_offset, saved,
+                                   make_prob_loss_params<acc_t>(opt, vocab), z, tile.stride(0));
+  });
+}
 
 TORCH_LIBRARY_IMPL(objx, CPU, m) {
   m.impl("prob_loss_forward", &prob_loss_forward);

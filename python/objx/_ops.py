@@ -51,3 +51,68 @@ def _prob_loss_backward(ctx, grad_loss, _grad_lse, _grad_logprob, _grad_counted)
 
 torch.library.register_autograd("objx::prob_loss_forward", _prob_loss_backward,
                                 setup_context=_prob_loss_setup_context)
+
+
+# --- linear_prob_loss (fused LM head) -------------------------------------------------------
+
+@torch.library.register_fake("objx::linear_prob_loss_forward")
+def _linear_prob_loss_forward_fake(hidden, weight, bias, target, objective, objective_param, min_prob,
+                                   max_prob, ignore_index, label_smoothing, z_loss, softcap, vocab_chunk,
+                                   grad_in_forward):
+    torch._check(hidden.dim() == 2 and weight.dim() == 2, lambda: "objx.linear_prob_loss: 2-D inputs")
+    torch._check(weight.shape[1] == hidden.shape[1], lambda: "objx.linear_prob_loss: D mismatch")
+    rows, vocab, dim = hidden.shape[0], weight.shape[0], weight.shape[1]
+    acc = _acc_dtype(hidden.dtype)
+    per_row = [hidden.new_empty(rows, dtype=acc) for _ in range(3)] + [hidden.new_empty(rows, dtype=torch.bool)]
+    if grad_in_forward:
+        grads = [hidden.new_empty(rows, dim, dtype=acc), hidden.new_empty(vocab, dim, dtype=acc),
+                 hidden.new_empty(vocab if bias is not None else 0, dtype=acc)]
+    else:
+        grads = [hidden.new_empty(0, dtype=acc) for _ in range(3)]
+    return tuple(per_row + grads)
+
+
+@torch.library.register_fake("objx::linear_prob_loss_backward")
+def _linear_prob_loss_backward_fake(grad_loss, hidden, weight, bias, target, lse, token_logprob, counted,
+                                    objective, objective_param, ignore_index, label_smoothing, z_loss,
+                                    softcap, vocab_chunk):
+    return (torch.empty_like(hidden), torch.empty_like(weight),
+            weight.new_empty(weight.shape[0] if bias is not None else 0))
+
+
+def _linear_prob_loss_setup_context(ctx, inputs, output):
+    (hidden, weight, bias, target, objective, objective_param, _min_prob, _max_prob, ignore_index,
+     label_smoothing, z_loss, softcap, vocab_chunk, grad_in_forward) = inputs
+    _loss, lse, token_logprob, counted, grad_hidden, grad_weight, grad_bias = output
+    ctx.grad_in_forward = grad_in_forward
+    ctx.has_bias = bias is not None
+    ctx.dtypes = (hidden.dtype, weight.dtype)
+    if grad_in_forward:
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+    else:
+        ctx.save_for_backward(hidden, weight, bias, target, lse, token_logprob, counted)
+    ctx.options = (objective, objective_param, ignore_index, label_smoothing, z_loss, softcap, vocab_chunk)
+    ctx.mark_non_differentiable(lse, token_logprob, counted, grad_hidden, grad_weight, grad_bias)
+
+
+def _linear_prob_loss_backward(ctx, grad_loss, *_unused):
+    hidden_dtype, weight_dtype = ctx.dtypes
+    if ctx.grad_in_forward:
+        # The forward computed the gradients of sum_r loss[r]; a "mean"/"sum" reduction hands every
+        # row the same upstream gradient, so the weight's and bias' scale by one number.
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_loss[:1].sum()  # 0 for an empty batch, no device sync
+        grad_hidden = (grad_hidden * grad_loss[:, None]).to(hidden_dtype)
+        grad_weight = (grad_weight * scale).to(weight_dtype)
+        grad_bias = (grad_bias * scale).to(weight_dtype) if ctx.has_bias else None
+    else:
+        hidden, weight, bias, target, lse, token_logprob, counted = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_bias = _lib.linear_prob_loss_backward(
+            grad_loss, hidden, weight, bias, target, lse, token_logprob, counted, *ctx.options)
+        if not ctx.has_bias:
+            grad_bias = None
+    return (grad_hidden, grad_weight, grad_bias) + (None,) * 11
+
+
+torch.library.register_autograd("objx::linear_prob_loss_forward", _linear_prob_loss_backward,
+                                setup_context=_linear_prob_loss_setup_context)

@@ -56,3 +56,13 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     if return_token_prob:
         return loss, torch.where(valid, p_all, torch.zeros_like(p_all)).reshape(target.shape)
     return loss
+
+
+def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None, objective: Union[str, Objective] = "nll", *,
+                     dtype: torch.dtype = torch.float64, **kwargs):
+    """SPEC §1 fused linear variant: prob_loss(hidden @ weight.T + bias) with the logits built whole."""
+    logits = hidden.to(dtype) @ weight.to(dtype).T
+    if bias is not None:
+        logits = logits + bias.to(dtype)
+    return prob_loss(logits, target, objective, dtype=dtype, **kwargs)

@@ -35,6 +35,9 @@ inline ProbLossOptions make_prob_loss_options(std::string objective, double para
 void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
                             const ProbLossOptions& opt);
 
+// Checks the objective and its options alone (shared with the fused LM-head ops).
+void check_prob_loss_options(const ProbLossOptions& opt);
+
 // Parameters for the kernels, in the accumulation type.
 template <typename acc_t>
 math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, int64_t vocab);
@@ -59,14 +62,19 @@ ProbLossSaved prepare_prob_loss_saved(const at::Tensor& logits, const at::Tensor
                                       const at::Tensor& lse, const at::Tensor& logp,
                                       const at::Tensor& counted);
 
+// Kernels accumulate in float64 for float64 inputs and in float32 for every other dtype.
+inline at::ScalarType prob_acc_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // Forward outputs: per-row loss, lse, gold log-probability (accumulation dtype) and the counted mask.
 using ProbLossForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-ProbLossForward allocate_prob_loss_forward(const at::Tensor& logits);
+ProbLossForward allocate_prob_loss_forward(int64_t rows, const at::TensorOptions& acc_options);
 
 // Turns the error rows a kernel found into the user-facing message. bad_target_row and
 // empty_row are -1 when there is none.
-void raise_prob_loss_row_errors(const at::Tensor& logits, const at::Tensor& target,
-                                int64_t ignore_index, int64_t bad_target_row, int64_t empty_row);
+void raise_prob_loss_row_errors(const at::Tensor& target, int64_t vocab, int64_t ignore_index,
+                                int64_t bad_target_row, int64_t empty_row);
 
 
 }  // namespace objx

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "objx/math/hd.h"
+#include "objx/math/online_lse.h"
 
 namespace objx::math {
 
@@ -94,6 +95,35 @@ OBJX_HD ProbRowForward<acc_t> prob_row_forward(const ProbLossParams<acc_t>& prm,
   }
   loss += prm.z_loss * lse * lse;
   return {loss, logp, true};
+}
+
+// Everything the forward reports for a row, from its reduction (online LSE of every logit but the
+// target's, the target's logit z_gold, and the sum of the logits).
+template <typename acc_t>
+struct ProbRowResult {
+  acc_t loss, lse, logp;
+  bool counted;
+  int error;  // 0, or kBadTarget / kEmptyRow
+};
+constexpr int kBadTarget = 1;  // target outside [0, V) and not ignore_index
+constexpr int kEmptyRow = 2;   // a counted row whose logits are all -inf
+
+template <typename acc_t>
+OBJX_HD ProbRowResult<acc_t> prob_row_finish(const ProbLossParams<acc_t>& prm, int64_t t,
+                                             LseState<acc_t> others, acc_t z_gold, acc_t sum_z) {
+  if (t == prm.ignore_index)
+    return {acc_t(0), lse_finish(others), -std::numeric_limits<acc_t>::infinity(), false, 0};
+  if (t < 0 || t >= prm.vocab) return {acc_t(0), acc_t(0), acc_t(0), false, kBadTarget};
+  const auto fin = finish_with_gold(others, z_gold);
+  const auto out = prob_row_forward(prm, false, fin.lse, fin.logp, sum_z);
+  const bool empty = out.counted && fin.lse == -std::numeric_limits<acc_t>::infinity();
+  return {out.loss, fin.lse, out.logp, out.counted, empty ? kEmptyRow : 0};
+}
+
+// Column of the target inside a tile of columns [offset, offset + cols), or -1.
+OBJX_HD int64_t gold_column(int64_t t, int64_t ignore_index, int64_t offset, int64_t cols) {
+  const int64_t c = t - offset;
+  return t != ignore_index && c >= 0 && c < cols ? c : -1;
 }
 
 // Backward: for a counted row, d loss / d z_j = a * p_j - c off the target and `gold` at j = y,

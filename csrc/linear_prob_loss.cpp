@@ -1,0 +1,207 @@
+// The fused LM-head prob_loss (SPEC §1, fused linear variant): logits = hidden @ weight.T + bias
+// are produced one tile at a time by a GEMM and consumed by the prob_loss tile kernels, so the
+// [N, V] logits never exist. Device-agnostic host code: ATen GEMMs plus objx's tile kernels.
+#include <algorithm>
+#include <optional>
+#include <tuple>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include "objx/nvtx.h"
+#include "objx/prob_loss.h"
+#include "objx/prob_loss_chunks.h"
+
+namespace objx {
+namespace {
+
+using LinearForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using LinearGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+void check_linear_inputs(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         const at::Tensor& target, int64_t vocab_chunk) {
+  constexpr const char* fn = "objx.linear_prob_loss";
+  TORCH_CHECK_VALUE(hidden.dim() == 2, fn, ": hidden must be 2-D [N, D], got shape ", hidden.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 2, fn, ": weight must be 2-D [V, D], got shape ", weight.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(hidden.scalar_type()), fn,
+                   ": hidden must be float64, float32, bfloat16 or float16, got ", hidden.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == hidden.scalar_type(), fn, ": weight is ", weight.scalar_type(),
+                   " but hidden is ", hidden.scalar_type());
+  TORCH_CHECK_VALUE(weight.size(1) == hidden.size(1), fn, ": weight must be [V, D] with D = ", hidden.size(1),
+                    " (hidden's last dim), got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) > 0, fn, ": weight has an empty vocabulary (V = 0)");
+  TORCH_CHECK_VALUE(weight.device() == hidden.device(), fn, ": weight is on ", weight.device(),
+                    " but hidden is on ", hidden.device());
+  if (bias) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), fn, ": bias must be [V] with V = ",
+                      weight.size(0), ", got shape ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == hidden.scalar_type(), fn, ": bias is ", bias->scalar_type(),
+                     " but hidden is ", hidden.scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == hidden.device(), fn, ": bias is on ", bias->device(),
+                      " but hidden is on ", hidden.device());
+  }
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, fn, ": target must be int64, got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == hidden.size(0), fn, ": target must be 1-D with N = ",
+                    hidden.size(0), " entries, got shape ", target.sizes());
+  TORCH_CHECK_VALUE(target.device() == hidden.device(), fn, ": target is on ", target.device(),
+                    " but hidden is on ", hidden.device());
+  TORCH_CHECK_VALUE(vocab_chunk > 0, fn, ": chunk_size must be > 0, got ", vocab_chunk);
+}
+
+// The rows that are not ignored, so ignored rows cost no GEMM work. `all` avoids a gather when
+// every row counts (the usual case for packed sequences).
+struct Rows {
+  at::Tensor index;  // positions in [0, N) of the kept rows
+  bool all;
+  at::Tensor take(const at::Tensor& t) const { return all ? t : t.index_select(0, index); }
+  // [n, ...] rows back into [N, ...], `fill` elsewhere.
+  at::Tensor put(const at::Tensor& rows, int64_t total, const at::Scalar& fill) const {
+    if (all) return rows;
+    auto sizes = rows.sizes().vec();
+    sizes[0] = total;
+    return at::full(sizes, fill, rows.options()).index_copy_(0, index, rows);
+  }
+};
+
+Rows kept_rows(const at::Tensor& target, int64_t ignore_index) {
+  const auto index = (target != ignore_index).nonzero().squeeze(1);
+  return {index, index.size(0) == target.size(0)};
+}
+
+at::Tensor logits_tile(const at::Tensor& h, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       int64_t v0, int64_t vc) {
+  const auto w = weight.narrow(0, v0, vc);
+  return bias ? at::addmm(bias->narrow(0, v0, vc), h, w.t()) : at::mm(h, w.t());
+}
+
+ProbLossForward scatter_forward(const ProbLossForward& kept, const Rows& rows, int64_t total) {
+  const auto& [loss, lse, logp, counted] = kept;
+  return {rows.put(loss, total, 0), rows.put(lse, total, 0),
+          rows.put(logp, total, -std::numeric_limits<double>::infinity()), rows.put(counted, total, false)};
+}
+
+LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Tensor& weight_in,
+                                       const std::optional<at::Tensor>& bias_in, const at::Tensor& target_in,
+                                       std::string objective, double param, std::optional<double> min_prob,
+                                       std::optional<double> max_prob, int64_t ignore_index, double label_smoothing,
+                                       double z_loss, std::optional<double> softcap, int64_t vocab_chunk,
+                                       bool grad_in_forward) {
+  NvtxRange range("objx::linear_prob_loss_forward");
+  const auto opt = make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index,
+                                          label_smoothing, z_loss, softcap);
+  check_prob_loss_options(opt);
+  check_linear_inputs(hidden_in, weight_in, bias_in, target_in, vocab_chunk);
+  const at::Tensor weight = weight_in.contiguous();
+  const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
+  const int64_t total = hidden_in.size(0), vocab = weight.size(0), dim = weight.size(1);
+  const auto acc_opts = hidden_in.options().dtype(prob_acc_dtype(hidden_in.scalar_type()));
+  const Rows rows = kept_rows(target_in, ignore_index);
+  const at::Tensor h = rows.take(hidden_in).contiguous();
+  const at::Tensor y = rows.take(target_in).contiguous();
+  const int64_t n = h.size(0);
+  const at::Tensor none = at::empty({0}, acc_opts);
+
+  if (!grad_in_forward) {
+    // Vocabulary tiles over all kept rows: one GEMM per tile, then the tile kernel folds it in.
+    auto state = prob_tile_state(n, acc_opts);
+    for (int64_t v0 = 0; v0 < vocab; v0 += vocab_chunk) {
+      const int64_t vc = std::min(vocab_chunk, vocab - v0);
+      prob_tile_reduce(logits_tile(h, weight, bias, v0, vc), y, v0, opt, state);
+    }
+    const auto [loss, lse, logp, counted] = scatter_forward(prob_tile_finish(state, y, opt, vocab), rows, total);
+    return {loss, lse, logp, counted, none, none, none};
+  }
+
+  // Gradient in the forward (for a scalar-reduced loss): blocks of rows with every column, so each
+  // logits tile is produced once and turned into its gradient in place; vocab_chunk * ... bounds
+  // the block to the same tile size as the tiled path.
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(n, vocab_chunk * std::max<int64_t>(n, 1) / vocab));
+  auto grad_hidden = at::zeros({n, dim}, acc_opts);
+  auto grad_weight = at::zeros({vocab, dim}, acc_opts);
+  auto grad_bias = bias ? at::zeros({vocab}, acc_opts) : none;
+  std::vector<at::Tensor> losses, lses, logps, counteds;
+  for (int64_t r0 = 0; r0 < n; r0 += block) {
+    const int64_t nb = std::min(block, n - r0);
+    const auto hb = h.narrow(0, r0, nb), yb = y.narrow(0, r0, nb);
+    auto tile = logits_tile(hb, weight, bias, 0, vocab);
+    auto state = prob_tile_state(nb, acc_opts);
+    prob_tile_reduce(tile, yb, 0, opt, state);
+    auto fwd = prob_tile_finish(state, yb, opt, vocab);
+    const auto& [loss, lse, logp, counted] = fwd;
+    prob_tile_grad(tile, yb, 0, ProbLossSaved{at::ones({nb}, acc_opts), lse, logp, counted}, opt, vocab);
+    grad_hidden.narrow(0, r0, nb).copy_(at::mm(tile, weight));
+    grad_weight.add_(at::mm(tile.t(), hb));
+    if (bias) grad_bias.add_(tile.sum(0, /*keepdim=*/false, prob_acc_dtype(tile.scalar_type())));
+    losses.push_back(loss);
+    lses.push_back(lse);
+    logps.push_back(logp);
+    counteds.push_back(counted);
+  }
+  const auto cat = [&](const std::vector<at::Tensor>& parts, const at::TensorOptions& o) {
+    return parts.empty() ? at::empty({0}, o) : at::cat(parts);
+  };
+  const auto [loss, lse, logp, counted] = scatter_forward(
+      {cat(losses, acc_opts), cat(lses, acc_opts), cat(logps, acc_opts), cat(counteds, acc_opts.dtype(at::kBool))},
+      rows, total);
+  return {loss, lse, logp, counted, rows.put(grad_hidden, total, 0), grad_weight, grad_bias};
+}
+
+LinearGrads linear_prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& hidden_in,
+                                      const at::Tensor& weight_in, const std::optional<at::Tensor>& bias_in,
+                                      const at::Tensor& target_in, const at::Tensor& lse, const at::Tensor& logp,
+                                      const at::Tensor& counted, std::string objective, double param,
+                                      int64_t ignore_index, double label_smoothing, double z_loss,
+                                      std::optional<double> softcap, int64_t vocab_chunk) {
+  NvtxRange range("objx::linear_prob_loss_backward");
+  const auto opt = make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
+                                          label_smoothing, z_loss, softcap);
+  check_prob_loss_options(opt);
+  check_linear_inputs(hidden_in, weight_in, bias_in, target_in, vocab_chunk);
+  const at::Tensor weight = weight_in.contiguous();
+  const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
+  const int64_t total = hidden_in.size(0), vocab = weight.size(0), dim = weight.size(1);
+  // prepare_prob_loss_saved checks shapes against a [N, *] tensor: hidden stands in for logits.
+  const ProbLossSaved all = prepare_prob_loss_saved(hidden_in, grad_loss, lse, logp, counted);
+  const Rows rows = kept_rows(target_in, ignore_index);
+  const at::Tensor h = rows.take(hidden_in).contiguous();
+  const at::Tensor y = rows.take(target_in).contiguous();
+  const ProbLossSaved saved{rows.take(all.grad_loss), rows.take(all.lse), rows.take(all.logp), rows.take(all.counted)};
+  const auto acc = prob_acc_dtype(hidden_in.scalar_type());
+
+  auto grad_hidden = at::zeros({h.size(0), dim}, hidden_in.options().dtype(acc));
+  auto grad_weight = at::empty({vocab, dim}, weight.options());
+  auto grad_bias = bias ? at::empty({vocab}, weight.options()) : at::empty({0}, weight.options());
+  for (int64_t v0 = 0; v0 < vocab; v0 += vocab_chunk) {
+    const int64_t vc = std::min(vocab_chunk, vocab - v0);
+    auto tile = logits_tile(h, weight, bias, v0, vc);
+    prob_tile_grad(tile, y, v0, saved, opt, vocab);
+    // Each tile owns its rows of grad_weight: one GEMM writes them (accumulating in float32 inside
+    // the GEMM for bf16/fp16); grad_hidden sums over tiles in float32.
+    const auto w = weight.narrow(0, v0, vc);
+    if (grad_hidden.scalar_type() == tile.scalar_type()) {
+      grad_hidden.addmm_(tile, w);
+    } else {
+      grad_hidden.add_(at::mm(tile, w));
+    }
+    auto gw = grad_weight.narrow(0, v0, vc);
+    at::mm_out(gw, tile.t(), h);
+    if (bias) grad_bias.narrow(0, v0, vc).copy_(tile.sum(0, false, acc));
+  }
+  return {rows.put(grad_hidden, total, 0).to(hidden_in.scalar_type()), grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(objx, CPU, m) {
+  m.impl("linear_prob_loss_forward", &linear_prob_loss_forward);
+  m.impl("linear_prob_loss_backward", &linear_prob_loss_backward);
+}
+
+// The same host code drives the CUDA tile kernels; GEMMs go to cuBLAS through ATen.
+TORCH_LIBRARY_IMPL(objx, CUDA, m) {
+  m.impl("linear_prob_loss_forward", &linear_prob_loss_forward);
+  m.impl("linear_prob_loss_backward", &linear_prob_loss_backward);
+}
+
+}  // namespace objx

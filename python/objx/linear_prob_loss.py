@@ -1,0 +1,111 @@
+"""SPEC §1, fused linear variant: the SFT objectives on hidden states and an LM head, without ever
+building the [N, V] logits (objx.linear_prob_loss, objx.LinearProbLoss, objx.linear_token_logprobs)."""
+
+from typing import Optional, Union
+
+import torch
+
+from ._args import check_reduction, reduce_rows
+from .objective import Objective, resolve_objective
+
+# Bytes one logits tile may take: CPU keeps it cache- and RAM-friendly; on CUDA a slice of the
+# free memory, capped so that the GEMMs stay large but the tile stays small next to the model.
+_CPU_TILE_BYTES = 64 << 20
+_CUDA_TILE_BYTES = (64 << 20, 1 << 30)
+
+
+def auto_chunk_size(rows: int, dim: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Vocabulary columns per tile, from N, D, V and (on CUDA) free memory."""
+    if device.type == "cuda" and not torch.compiler.is_compiling():
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = min(max(free // 16, _CUDA_TILE_BYTES[0]), _CUDA_TILE_BYTES[1])
+    else:
+        budget = _CPU_TILE_BYTES if device.type == "cpu" else _CUDA_TILE_BYTES[0]
+    # A tile of logits plus its gradient in place, and the per-row float32 state.
+    per_column = max(rows, 1) * max(torch.finfo(dtype).bits // 8, 4)
+    columns = max(budget // per_column, 256)
+    columns = columns // 256 * 256
+    return int(min(columns, vocab))
+
+
+def _flatten(fn, hidden, weight, target):
+    for name, t in (("hidden", hidden), ("weight", weight), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if hidden.dim() < 2:
+        raise ValueError(f"{fn}: hidden must be [..., D] with at least 2 dims, got shape {tuple(hidden.shape)}")
+    if target.shape != hidden.shape[:-1]:
+        raise ValueError(f"{fn}: target must have shape {tuple(hidden.shape[:-1])} (hidden's leading dims), "
+                         f"got {tuple(target.shape)}")
+    rows = target.numel()
+    return hidden.reshape(rows, hidden.shape[-1]), target.reshape(rows)
+
+
+def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None, objective: Union[str, Objective] = "nll", *,
+                     alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
+                     ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                     z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
+                     chunk_size: Optional[int] = None, grad_in_forward: Optional[bool] = None):
+    """prob_loss(hidden @ weight.T + bias, target, objective, ...) without the [N, V] logits.
+
+    hidden [..., D], weight [V, D], bias [V] or None, target [...]. The logits are made one
+    [rows, chunk_size] tile at a time (chunk_size: vocabulary columns per tile, chosen from the
+    shapes and free memory when None). grad_in_forward=True computes the gradients during the
+    forward from row blocks with every column (one GEMM pass fewer; needs reduction "mean" or
+    "sum"); by default it is on for those reductions when a gradient will be needed.
+    """
+    check_reduction(reduction)
+    obj = resolve_objective(objective, alpha, min_prob, max_prob)
+    rows_hidden, rows_target = _flatten("objx.linear_prob_loss", hidden, weight, target)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError("objx.linear_prob_loss: weight must be a 2-D tensor [V, D]")
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    if grad_in_forward is None:
+        grad_in_forward = needs_grad and reduction != "none"
+    if grad_in_forward and reduction == "none":
+        raise ValueError("objx.linear_prob_loss: grad_in_forward needs reduction 'mean' or 'sum' "
+                         "(per-row upstream gradients are unknown in the forward)")
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(rows_hidden.shape[0], weight.shape[-1], weight.shape[0], hidden.dtype,
+                                     hidden.device)
+    loss_rows, _lse, token_logprob, counted, *_grads = torch.ops.objx.linear_prob_loss_forward(
+        rows_hidden, weight, bias, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
+        int(ignore_index), float(label_smoothing), float(z_loss), None if softcap is None else float(softcap),
+        int(chunk_size), bool(grad_in_forward))
+    loss = reduce_rows(loss_rows, counted, reduction, target.shape)
+    if return_token_prob:
+        return loss, token_logprob.exp().to(torch.float32).reshape(target.shape)
+    return loss
+
+
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                          bias: Optional[torch.Tensor] = None, *, ignore_index: int = -100,
+                          chunk_size: Optional[int] = None) -> torch.Tensor:
+    """log p(target) per row of hidden @ weight.T + bias (SPEC §3.1), 0 for ignored rows;
+    differentiable in hidden, weight and bias; the logits are never built."""
+    return -linear_prob_loss(hidden, weight, target, bias, "nll", ignore_index=ignore_index,
+                             reduction="none", chunk_size=chunk_size, grad_in_forward=False)
+
+
+class LinearProbLoss(torch.nn.Module):
+    """nn.Module form of objx.linear_prob_loss; forward(hidden, weight, target, bias=None)."""
+
+    def __init__(self, objective: Union[str, Objective] = "nll", *, alpha: float = 1.0,
+                 min_prob: Optional[float] = None, max_prob: Optional[float] = None, ignore_index: int = -100,
+                 reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 softcap: Optional[float] = None, return_token_prob: bool = False,
+                 chunk_size: Optional[int] = None, grad_in_forward: Optional[bool] = None):
+        super().__init__()
+        check_reduction(reduction)
+        self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
+        self.kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                           z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
+                           chunk_size=chunk_size, grad_in_forward=grad_in_forward)
+
+    def forward(self, hidden, weight, target, bias=None):
+        return linear_prob_loss(hidden, weight, target, bias, self.objective, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return f"objective={self.objective.name!r}, reduction={self.kwargs['reduction']!r}"
