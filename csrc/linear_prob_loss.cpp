@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -69,11 +70,36 @@ Rows kept_rows(const at::Tensor& target, int64_t ignore_index) {
   return {index, index.size(0) == target.size(0)};
 }
 
-at::Tensor logits_tile(const at::Tensor& h, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       int64_t v0, int64_t vc) {
-  const auto w = weight.narrow(0, v0, vc);
-  return bias ? at::addmm(bias->narrow(0, v0, vc), h, w.t()) : at::mm(h, w.t());
-}
+// The GEMMs of the fused head. Logits tiles come out in the accumulation dtype (SPEC: float32
+// for bf16/fp16 inputs), as do the gradient sums over tiles; grad_weight rows come from one GEMM
+// each. On CUDA bf16/fp16 GEMMs write float32 directly (mm.dtype); elsewhere low-precision inputs
+// are upcast (the CPU has no fast bf16 GEMM to lose).
+struct HeadGemms {
+  at::Tensor h;  // kept rows, in gemm_dtype
+  at::Tensor weight;
+  std::optional<at::Tensor> bias;
+  at::ScalarType acc;
+  at::ScalarType gemm_dtype;
+
+  HeadGemms(const at::Tensor& rows, const at::Tensor& w, const std::optional<at::Tensor>& b, at::ScalarType acc_dtype)
+      : weight(w), bias(b), acc(acc_dtype) {
+    const bool low = w.scalar_type() != acc_dtype;
+    gemm_dtype = low && !w.is_cuda() ? acc_dtype : w.scalar_type();
+    h = rows.to(gemm_dtype).contiguous();
+  }
+  at::Tensor w_rows(int64_t v0, int64_t vc) const { return weight.narrow(0, v0, vc).to(gemm_dtype); }
+  // a @ b in the accumulation dtype.
+  at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b) const {
+    return a.scalar_type() == acc ? at::mm(a, b) : at::mm(a, b, acc);
+  }
+  at::Tensor logits(const at::Tensor& rows_h, int64_t v0, int64_t vc) const {
+    auto tile = mm_acc(rows_h, w_rows(v0, vc).t());
+    if (bias) tile.add_(bias->narrow(0, v0, vc));
+    return tile;
+  }
+  // The gradient tile as the backward GEMMs' input.
+  at::Tensor grad_input(const at::Tensor& tile) const { return tile.to(gemm_dtype); }
+};
 
 ProbLossForward scatter_forward(const ProbLossForward& kept, const Rows& rows, int64_t total) {
   const auto& [loss, lse, logp, counted] = kept;
@@ -88,6 +114,9 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
                                        double z_loss, std::optional<double> softcap, int64_t vocab_chunk,
                                        bool grad_in_forward) {
   NvtxRange range("objx::linear_prob_loss_forward");
+  // The GEMMs below are implementation detail: never recorded by autograd (objx registers the op's
+  // own backward), even when this op is called directly with inputs that require grad.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto opt = make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index,
                                           label_smoothing, z_loss, softcap);
   check_prob_loss_options(opt);
@@ -97,20 +126,21 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
   const int64_t total = hidden_in.size(0), vocab = weight.size(0), dim = weight.size(1);
   const auto acc_opts = hidden_in.options().dtype(prob_acc_dtype(hidden_in.scalar_type()));
   const Rows rows = kept_rows(target_in, ignore_index);
-  const at::Tensor h = rows.take(hidden_in).contiguous();
+  const HeadGemms gemm(rows.take(hidden_in), weight, bias, acc_opts.dtype().toScalarType());
+  const at::Tensor& h = gemm.h;
   const at::Tensor y = rows.take(target_in).contiguous();
   const int64_t n = h.size(0);
-  const at::Tensor none = at::empty({0}, acc_opts);
+  const auto none = [&] { return at::empty({0}, acc_opts); };  // distinct tensors: outputs never alias
 
   if (!grad_in_forward) {
     // Vocabulary tiles over all kept rows: one GEMM per tile, then the tile kernel folds it in.
     auto state = prob_tile_state(n, acc_opts);
     for (int64_t v0 = 0; v0 < vocab; v0 += vocab_chunk) {
       const int64_t vc = std::min(vocab_chunk, vocab - v0);
-      prob_tile_reduce(logits_tile(h, weight, bias, v0, vc), y, v0, opt, state);
+      prob_tile_reduce(gemm.logits(h, v0, vc), y, v0, opt, state);
     }
     const auto [loss, lse, logp, counted] = scatter_forward(prob_tile_finish(state, y, opt, vocab), rows, total);
-    return {loss, lse, logp, counted, none, none, none};
+    return {loss, lse, logp, counted, none(), none(), none()};
   }
 
   // Gradient in the forward (for a scalar-reduced loss): blocks of rows with every column, so each
@@ -119,20 +149,21 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(n, vocab_chunk * std::max<int64_t>(n, 1) / vocab));
   auto grad_hidden = at::zeros({n, dim}, acc_opts);
   auto grad_weight = at::zeros({vocab, dim}, acc_opts);
-  auto grad_bias = bias ? at::zeros({vocab}, acc_opts) : none;
+  auto grad_bias = bias ? at::zeros({vocab}, acc_opts) : none();
   std::vector<at::Tensor> losses, lses, logps, counteds;
   for (int64_t r0 = 0; r0 < n; r0 += block) {
     const int64_t nb = std::min(block, n - r0);
     const auto hb = h.narrow(0, r0, nb), yb = y.narrow(0, r0, nb);
-    auto tile = logits_tile(hb, weight, bias, 0, vocab);
+    auto tile = gemm.logits(hb, 0, vocab);
     auto state = prob_tile_state(nb, acc_opts);
     prob_tile_reduce(tile, yb, 0, opt, state);
     auto fwd = prob_tile_finish(state, yb, opt, vocab);
     const auto& [loss, lse, logp, counted] = fwd;
     prob_tile_grad(tile, yb, 0, ProbLossSaved{at::ones({nb}, acc_opts), lse, logp, counted}, opt, vocab);
-    grad_hidden.narrow(0, r0, nb).copy_(at::mm(tile, weight));
-    grad_weight.add_(at::mm(tile.t(), hb));
-    if (bias) grad_bias.add_(tile.sum(0, /*keepdim=*/false, prob_acc_dtype(tile.scalar_type())));
+    if (bias) grad_bias.add_(tile.sum(0));
+    const auto g = gemm.grad_input(tile);
+    grad_hidden.narrow(0, r0, nb).copy_(gemm.mm_acc(g, gemm.w_rows(0, vocab)));
+    grad_weight.add_(gemm.mm_acc(g.t(), hb));
     losses.push_back(loss);
     lses.push_back(lse);
     logps.push_back(logp);
@@ -154,6 +185,7 @@ LinearGrads linear_prob_loss_backward(const at::Tensor& grad_loss, const at::Ten
                                       int64_t ignore_index, double label_smoothing, double z_loss,
                                       std::optional<double> softcap, int64_t vocab_chunk) {
   NvtxRange range("objx::linear_prob_loss_backward");
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto opt = make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
                                           label_smoothing, z_loss, softcap);
   check_prob_loss_options(opt);
@@ -164,29 +196,30 @@ LinearGrads linear_prob_loss_backward(const at::Tensor& grad_loss, const at::Ten
   // prepare_prob_loss_saved checks shapes against a [N, *] tensor: hidden stands in for logits.
   const ProbLossSaved all = prepare_prob_loss_saved(hidden_in, grad_loss, lse, logp, counted);
   const Rows rows = kept_rows(target_in, ignore_index);
-  const at::Tensor h = rows.take(hidden_in).contiguous();
+  const auto acc = prob_acc_dtype(hidden_in.scalar_type());
+  const HeadGemms gemm(rows.take(hidden_in), weight, bias, acc);
+  const at::Tensor& h = gemm.h;
   const at::Tensor y = rows.take(target_in).contiguous();
   const ProbLossSaved saved{rows.take(all.grad_loss), rows.take(all.lse), rows.take(all.logp), rows.take(all.counted)};
-  const auto acc = prob_acc_dtype(hidden_in.scalar_type());
 
   auto grad_hidden = at::zeros({h.size(0), dim}, hidden_in.options().dtype(acc));
   auto grad_weight = at::empty({vocab, dim}, weight.options());
   auto grad_bias = bias ? at::empty({vocab}, weight.options()) : at::empty({0}, weight.options());
   for (int64_t v0 = 0; v0 < vocab; v0 += vocab_chunk) {
     const int64_t vc = std::min(vocab_chunk, vocab - v0);
-    auto tile = logits_tile(h, weight, bias, v0, vc);
+    auto tile = gemm.logits(h, v0, vc);
     prob_tile_grad(tile, y, v0, saved, opt, vocab);
-    // Each tile owns its rows of grad_weight: one GEMM writes them (accumulating in float32 inside
-    // the GEMM for bf16/fp16); grad_hidden sums over tiles in float32.
-    const auto w = weight.narrow(0, v0, vc);
-    if (grad_hidden.scalar_type() == tile.scalar_type()) {
-      grad_hidden.addmm_(tile, w);
+    if (bias) grad_bias.narrow(0, v0, vc).copy_(tile.sum(0));
+    // Each tile owns its rows of grad_weight: one GEMM writes them, accumulating in float32;
+    // grad_hidden sums over tiles in the accumulation dtype.
+    const auto g = gemm.grad_input(tile);
+    const auto w = gemm.w_rows(v0, vc);
+    if (g.scalar_type() == acc) {
+      grad_hidden.addmm_(g, w);
     } else {
-      grad_hidden.add_(at::mm(tile, w));
+      grad_hidden.add_(gemm.mm_acc(g, w));
     }
-    auto gw = grad_weight.narrow(0, v0, vc);
-    at::mm_out(gw, tile.t(), h);
-    if (bias) grad_bias.narrow(0, v0, vc).copy_(tile.sum(0, false, acc));
+    grad_weight.narrow(0, v0, vc).copy_(gemm.mm_acc(g.t(), h));
   }
   return {rows.put(grad_hidden, total, 0).to(hidden_in.scalar_type()), grad_weight, grad_bias};
 }

@@ -1,0 +1,195 @@
+"""The fused LM-head loss against prob_loss on materialised logits and the float64 reference."""
+
+import pytest
+import torch
+
+import objx
+from helpers import TOLERANCES, assert_close
+
+
+def make_head(rows, dim, vocab, *, dtype=torch.float32, device="cpu", bias=False):
+    """Hidden states and an LM head whose logits put gold tokens anywhere from unlikely to certain."""
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    hidden = torch.randn(rows, dim, dtype=torch.float64, generator=g)
+    weight = torch.randn(vocab, dim, dtype=torch.float64, generator=g) / dim**0.5
+    target = torch.randint(0, vocab, (rows,), generator=g)
+    # pull each row's hidden state towards its target's embedding by a random amount
+    hidden += weight[target] * torch.rand(rows, 1, dtype=torch.float64, generator=g) * 10
+    b = torch.randn(vocab, dtype=torch.float64, generator=g) * 0.5 if bias else None
+    conv = lambda t: None if t is None else t.to(dtype).to(device)  # noqa: E731
+    return conv(hidden), conv(weight), target.to(device), conv(b)
+
+
+def run_both(hidden, weight, target, bias, objective, reduction="mean", **kw):
+    """objx fused vs the float64 reference: (loss, grads) for each, upstream weights per row."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
+    refs = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
+    ours = objx.linear_prob_loss(leaves[0], leaves[1], target, leaves[2], objective, reduction=reduction, **kw)
+    ref_kw = {k: v for k, v in kw.items() if k not in ("chunk_size", "grad_in_forward")}
+    ref = objx.reference.linear_prob_loss(refs[0], refs[1], target.cpu(), refs[2], objective,
+                                          reduction=reduction, **ref_kw)
+    up = torch.rand(ref.shape, dtype=torch.float64) + 0.5 if reduction == "none" else torch.ones(())
+    (ours * up.to(ours)).sum().backward()
+    (ref * up).sum().backward()
+    return ours, ref, leaves, refs
+
+
+def check(hidden, weight, target, bias, objective, reduction="mean", **kw):
+    loss_tol, grad_tol = TOLERANCES[hidden.dtype]
+    ours, ref, leaves, refs = run_both(hidden, weight, target, bias, objective, reduction, **kw)
+    assert_close(ours, ref, loss_tol, f"loss {objective} {kw}")
+    for name, a, b in zip(("hidden", "weight", "bias"), leaves, refs):
+        if a is not None:
+            assert a.grad.dtype == a.dtype
+            assert_close(a.grad, b.grad, grad_tol, f"grad_{name} {objective} {kw}")
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("objective", ["nll", "-p", "-p^10", "log1m", "-log p·1[p≥0.2]"])
+def test_matches_reference(device, objective, dtype, bias, grad_in_forward):
+    hidden, weight, target, b = make_head(40, 48, 1500, dtype=dtype, device=device, bias=bias)
+    target[7] = -100
+    if "1[p" in objective and dtype == torch.bfloat16:
+        # The threshold is a step in p: bf16 logits (the GEMM's output) move p by ~1%, which may
+        # flip a row lying right at the cut. Leave out rows within 5% of it; the rest must agree.
+        logits = hidden.double() @ weight.double().T + (0 if b is None else b.double())
+        p = torch.softmax(logits, -1).gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+        target[(p - 0.2).abs() < 0.05] = -100
+    check(hidden, weight, target, b, objective, chunk_size=384, grad_in_forward=grad_in_forward, z_loss=1e-3)
+
+
+@pytest.mark.parametrize("options", [{"label_smoothing": 0.1}, {"softcap": 10.0}, {"max_prob": 0.9}])
+def test_options(device, options):
+    hidden, weight, target, b = make_head(24, 16, 700, device=device, bias=True)
+    check(hidden, weight, target, b, "nll", chunk_size=256, **options)
+
+
+def test_reduction_none_gives_per_row_gradients(device):
+    hidden, weight, target, b = make_head(30, 16, 900, device=device, bias=True)
+    target[::4] = -100
+    check(hidden, weight, target, b, "-p", reduction="none", chunk_size=256)
+    with pytest.raises(ValueError, match="grad_in_forward needs reduction"):
+        objx.linear_prob_loss(hidden.requires_grad_(), weight, target, reduction="none", grad_in_forward=True)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("chunk_size", [1, 255, 256, 1000, 5000])
+def test_chunk_sizes_including_not_dividing_v(device, chunk_size, reduction):
+    hidden, weight, target, b = make_head(12, 8, 1000, device=device, bias=True)
+    check(hidden, weight, target, b, "log1m", reduction=reduction, chunk_size=chunk_size)
+    check(hidden, weight, target, b, "log1m", reduction=reduction, chunk_size=chunk_size, grad_in_forward=True)
+
+
+def test_parity_with_materialised_logits(device):
+    hidden, weight, target, b = make_head(33, 24, 2000, device=device, bias=True)
+    target[0] = -100
+    fused = objx.linear_prob_loss(hidden, weight, target, b, "-p^10", reduction="none", chunk_size=512)
+    plain = objx.prob_loss(hidden @ weight.T + b, target, "-p^10", reduction="none")
+    assert_close(fused, plain, 1e-5, "fused vs materialised")
+
+
+def test_all_rows_ignored(device):
+    hidden, weight, target, _ = make_head(5, 8, 50, device=device)
+    target[:] = -100
+    for gif in (False, True):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss = objx.linear_prob_loss(h, w, target, grad_in_forward=gif)
+        loss.backward()
+        assert loss.item() == 0.0
+        assert not h.grad.any() and not w.grad.any()
+
+
+def test_empty_batch(device):
+    hidden = torch.randn(0, 8, device=device, requires_grad=True)
+    weight = torch.randn(50, 8, device=device, requires_grad=True)
+    target = torch.zeros(0, dtype=torch.long, device=device)
+    loss = objx.linear_prob_loss(hidden, weight, target)
+    loss.backward()
+    assert loss.item() == 0.0 and hidden.grad.shape == (0, 8) and not weight.grad.any()
+
+
+def test_leading_dims_and_token_prob(device):
+    hidden, weight, target, _ = make_head(12, 8, 300, device=device)
+    loss, prob = objx.linear_prob_loss(hidden.view(3, 4, 8), weight, target.view(3, 4), reduction="none",
+                                       return_token_prob=True)
+    ref = torch.softmax((hidden @ weight.T).double(), -1).gather(1, target[:, None]).squeeze(1)
+    assert loss.shape == (3, 4) and prob.shape == (3, 4)
+    assert_close(prob.reshape(-1), ref, 1e-5, "token_prob")
+
+
+def test_linear_token_logprobs(device):
+    hidden, weight, target, b = make_head(20, 16, 500, dtype=torch.float64, device=device, bias=True)
+    target[2] = -100
+    h = hidden.clone().requires_grad_()
+    got = objx.linear_token_logprobs(h, weight, target, b, chunk_size=128)
+    logits = hidden @ weight.T + b
+    expected = torch.log_softmax(logits, -1).gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+    expected[2] = 0
+    assert_close(got, expected, 1e-12, "token logprobs")
+    got.sum().backward()
+    href = hidden.clone().requires_grad_()
+    ref = torch.log_softmax(href @ weight.T + b, -1).gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+    (ref * (target != -100)).sum().backward()
+    assert_close(h.grad, href.grad, 1e-10, "token logprobs grad")
+
+
+def test_gradcheck(device):
+    hidden, weight, target, b = make_head(5, 4, 40, dtype=torch.float64, device=device, bias=True)
+    target[1] = -100
+    inputs = tuple(t.clone().requires_grad_() for t in (hidden, weight, b))
+    assert torch.autograd.gradcheck(
+        lambda h, w, bb: objx.linear_prob_loss(h, w, target, bb, "-p^10", chunk_size=16, z_loss=1e-2,
+                                               reduction="none"), inputs)
+    assert torch.autograd.gradcheck(
+        lambda h, w, bb: objx.linear_prob_loss(h, w, target, bb, "log1m", chunk_size=16, grad_in_forward=True),
+        inputs)
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+def test_opcheck(device, grad_in_forward):
+    hidden, weight, target, b = make_head(8, 8, 100, device=device, bias=True)
+    args = (hidden.requires_grad_(), weight.requires_grad_(), b.requires_grad_(), target, "power", 2.0, None,
+            None, -100, 0.0, 1e-3, None, 32, grad_in_forward)
+    torch.library.opcheck(torch.ops.objx.linear_prob_loss_forward, args)
+    out = torch.ops.objx.linear_prob_loss_forward(*args)
+    hidden, weight, b = hidden.detach(), weight.detach(), b.detach()  # the backward op is not differentiable
+    torch.library.opcheck(torch.ops.objx.linear_prob_loss_backward,
+                          (torch.rand_like(out[0]), hidden, weight, b, target, out[1], out[2], out[3], "power",
+                           2.0, -100, 0.0, 1e-3, None, 32))
+
+
+def test_compile_fullgraph(device):
+    module = objx.LinearProbLoss("-p", chunk_size=64)
+    compiled = torch.compile(module, fullgraph=True)
+    hidden, weight, target, _ = make_head(10, 8, 200, device=device)
+    grads = []
+    for fn in (compiled, module):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        fn(h, w, target).backward()
+        grads.append((h.grad, w.grad))
+    assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-6, atol=0)
+    assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-6, atol=0)
+
+
+def test_bad_inputs(device):
+    hidden, weight, target, b = make_head(6, 8, 20, device=device, bias=True)
+    cases = [
+        (dict(weight=weight[:, :7]), ValueError, r"weight must be \[V, D\] with D = 8"),
+        (dict(bias=b[:5]), ValueError, r"bias must be \[V\] with V = 20"),
+        (dict(weight=weight.double()), TypeError, "weight is torch.float64|weight is Double"),
+        (dict(target=target[:3]), ValueError, "target must have shape"),
+        (dict(target=target.int()), TypeError, "target must be int64"),
+        (dict(chunk_size=0), ValueError, "chunk_size must be > 0"),
+    ]
+    for change, exc, match in cases:
+        kw = dict(hidden=hidden, weight=weight, target=target, bias=b)
+        kw.update(change)
+        chunk = kw.pop("chunk_size", None)
+        with pytest.raises(exc, match=match):
+            objx.linear_prob_loss(kw["hidden"], kw["weight"], kw["target"], kw["bias"], chunk_size=chunk)
+    bad = target.clone()
+    bad[4] = 20
+    with pytest.raises(IndexError, match=r"target\[4\] = 20 is outside \[0, 20\)"):
+        objx.linear_prob_loss(hidden, weight, bad)
