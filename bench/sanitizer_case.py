@@ -23,5 +23,14 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
             raise SystemExit("an out-of-range target was not rejected")
         except IndexError:
             pass
+# the fused LM head: tiles not dividing V, ignored rows, both gradient modes, bias
+hidden = torch.randn(19, 24, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+weight = torch.randn(1001, 24, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+bias = torch.randn(1001, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+target = torch.randint(0, 1001, (19,), device="cuda")
+target[3] = -100
+for grad_in_forward in (False, True):
+    objx.linear_prob_loss(hidden, weight, target, bias, "-p", chunk_size=256,
+                          grad_in_forward=grad_in_forward).backward()
 torch.cuda.synchronize()
 print("sanitizer case done")

@@ -92,6 +92,20 @@ struct HeadGemms {
   at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b) const {
     return a.scalar_type() == acc ? at::mm(a, b) : at::mm(a, b, acc);
   }
+  // out (+)= a @ b without a temporary when out's dtype is the GEMM's; out is a contiguous block.
+  void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
+    if (out.scalar_type() == a.scalar_type()) {
+      if (accumulate) {
+        out.addmm_(a, b);
+      } else {
+        at::mm_out(out, a, b);
+      }
+    } else if (accumulate) {
+      out.add_(mm_acc(a, b));
+    } else {
+      out.copy_(mm_acc(a, b));
+    }
+  }
   at::Tensor logits(const at::Tensor& rows_h, int64_t v0, int64_t vc) const {
     auto tile = mm_acc(rows_h, w_rows(v0, vc).t());
     if (bias) tile.add_(bias->narrow(0, v0, vc));
@@ -162,8 +176,8 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
     prob_tile_grad(tile, yb, 0, ProbLossSaved{at::ones({nb}, acc_opts), lse, logp, counted}, opt, vocab);
     if (bias) grad_bias.add_(tile.sum(0));
     const auto g = gemm.grad_input(tile);
-    grad_hidden.narrow(0, r0, nb).copy_(gemm.mm_acc(g, gemm.w_rows(0, vocab)));
-    grad_weight.add_(gemm.mm_acc(g.t(), hb));
+    gemm.mm_into(grad_hidden.narrow(0, r0, nb), g, gemm.w_rows(0, vocab), /*accumulate=*/false);
+    gemm.mm_into(grad_weight, g.t(), hb, /*accumulate=*/true);
     losses.push_back(loss);
     lses.push_back(lse);
     logps.push_back(logp);
@@ -213,13 +227,8 @@ LinearGrads linear_prob_loss_backward(const at::Tensor& grad_loss, const at::Ten
     // Each tile owns its rows of grad_weight: one GEMM writes them, accumulating in float32;
     // grad_hidden sums over tiles in the accumulation dtype.
     const auto g = gemm.grad_input(tile);
-    const auto w = gemm.w_rows(v0, vc);
-    if (g.scalar_type() == acc) {
-      grad_hidden.addmm_(g, w);
-    } else {
-      grad_hidden.add_(gemm.mm_acc(g, w));
-    }
-    grad_weight.narrow(0, v0, vc).copy_(gemm.mm_acc(g.t(), h));
+    gemm.mm_into(grad_hidden, g, gemm.w_rows(v0, vc), /*accumulate=*/true);
+    gemm.mm_into(grad_weight.narrow(0, v0, vc), g.t(), h, /*accumulate=*/false);
   }
   return {rows.put(grad_hidden, total, 0).to(hidden_in.scalar_type()), grad_weight, grad_bias};
 }

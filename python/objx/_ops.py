@@ -8,6 +8,16 @@ from . import _C  # noqa: F401  (importing registers torch.ops.objx.*)
 _lib = torch.ops.objx
 
 
+def _is_traced(t: torch.Tensor) -> bool:
+    """True while torch.compile / AOTAutograd trace (fake or functional tensors), where in-place
+    updates of saved tensors are not allowed."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return (torch.compiler.is_compiling() or isinstance(t, (FakeTensor, FunctionalTensor))
+            or torch._is_functional_tensor(t))
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -99,12 +109,27 @@ def _linear_prob_loss_backward(ctx, grad_loss, *_unused):
     hidden_dtype, weight_dtype = ctx.dtypes
     if ctx.grad_in_forward:
         # The forward computed the gradients of sum_r loss[r]; a "mean"/"sum" reduction hands every
-        # row the same upstream gradient, so the weight's and bias' scale by one number.
+        # row the same upstream gradient, so the weight's and bias' scale by one number. Eagerly
+        # they are scaled in place (no second [V, D] buffer), so this backward can run only once;
+        # a traced graph (torch.compile) scales out of place and leaves buffer reuse to the compiler.
+        traced = _is_traced(grad_loss)
+        if not traced and getattr(ctx, "backward_done", False):
+            raise RuntimeError("objx.linear_prob_loss: with grad_in_forward=True the backward can run only "
+                               "once (retain_graph); pass grad_in_forward=False to differentiate twice")
+        ctx.backward_done = True
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         scale = grad_loss[:1].sum()  # 0 for an empty batch, no device sync
-        grad_hidden = (grad_hidden * grad_loss[:, None]).to(hidden_dtype)
-        grad_weight = (grad_weight * scale).to(weight_dtype)
-        grad_bias = (grad_bias * scale).to(weight_dtype) if ctx.has_bias else None
+        if traced:
+            grad_hidden = grad_hidden * grad_loss[:, None]
+            grad_weight = grad_weight * scale
+            grad_bias = grad_bias * scale
+        else:
+            grad_hidden = grad_hidden.mul_(grad_loss[:, None])
+            grad_weight = grad_weight.mul_(scale)
+            grad_bias = grad_bias.mul_(scale)
+        grad_hidden = grad_hidden.to(hidden_dtype)
+        grad_weight = grad_weight.to(weight_dtype)
+        grad_bias = grad_bias.to(weight_dtype) if ctx.has_bias else None
     else:
         hidden, weight, bias, target, lse, token_logprob, counted = ctx.saved_tensors
         grad_hidden, grad_weight, grad_bias = _lib.linear_prob_loss_backward(

@@ -1,5 +1,6 @@
-"""`objx bench`: each objective's forward+backward against PyTorch eager, torch.compile and (on a
-GPU, when installed) Liger, checked against the float64 reference; a table and a JSON file."""
+"""`objx bench`: each objective's forward+backward, on logits and fused with the LM head, against
+PyTorch eager, torch.compile and (on a GPU, when installed) Liger and Cut Cross-Entropy, checked
+against the float64 reference; a table and a JSON file."""
 
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ from . import eager, reference
 from ._build import build_info
 from ._memory import peak_extra_bytes
 from .objective import Objective
+from .linear_prob_loss import linear_prob_loss
 from .prob_loss import prob_loss
 
 DEFAULT_OBJECTIVES = ["nll", "-p", "-p^10", "log1m", "-log p·1[p≥0.2]"]
+# Logits shapes (N, V) and fused LM-head shapes (N, D, V) per device.
 DEFAULT_SHAPES = {"cpu": [(2048, 32000)], "cuda": [(8192, 128256), (8192, 256000)]}
+DEFAULT_LINEAR_SHAPES = {"cpu": [(1024, 512, 32000)], "cuda": [(8192, 4096, 128256), (8192, 2304, 256000)]}
+DEFAULT_LINEAR_OBJECTIVES = ["nll", "-p"]
 DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 DEFAULT_REPEATS = {"cpu": 5, "cuda": 20}
 # SPEC §5 tolerances (loss and gradient) by input dtype.
@@ -32,10 +37,10 @@ CHECK_ROWS = 256
 
 @dataclass
 class Result:
+    family: str  # "logits" (prob_loss) or "linear" (fused LM head)
     impl: str
     objective: str
-    rows: int
-    vocab: int
+    shape: str
     dtype: str
     median_ms: Optional[float]
     peak_mb: Optional[float]
@@ -44,63 +49,66 @@ class Result:
     note: str = ""
 
 
-def make_inputs(rows: int, vocab: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+def _targets(rows, vocab, device, g):
+    target = torch.randint(0, vocab, (rows,), device=device, generator=g)
+    target[torch.rand(rows, device=device, generator=g) < 0.05] = -100
+    return target
+
+
+def make_logits(rows: int, vocab: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
     """Logits with gold tokens spread from unlikely to near-certain, as in a fine-tuning batch."""
     g = torch.Generator(device=device).manual_seed(seed)
     logits = torch.randn(rows, vocab, device=device, dtype=torch.float32, generator=g) * 2
-    target = torch.randint(0, vocab, (rows,), device=device, generator=g)
+    target = _targets(rows, vocab, device, g)
     boost = torch.rand(rows, device=device, generator=g) * 16
-    logits[torch.arange(rows, device=device), target] += boost
-    target[torch.rand(rows, device=device, generator=g) < 0.05] = -100
-    return logits.to(dtype), target
+    keep = target >= 0
+    logits[torch.arange(rows, device=device)[keep], target[keep]] += boost[keep]
+    return (logits.to(dtype),), target
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def make_head(rows: int, dim: int, vocab: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """Hidden states and an LM head whose logits span the same range of gold probabilities."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    weight = torch.randn(vocab, dim, device=device, generator=g) / dim**0.5
+    target = _targets(rows, vocab, device, g)
+    hidden = torch.randn(rows, dim, device=device, generator=g)
+    hidden += weight[target.clamp(min=0)] * (torch.rand(rows, 1, device=device, generator=g) * 10)
+    return (hidden.to(dtype), weight.to(dtype)), target
 
 
-def fwd_bwd_once(fn, base, target, clone_input: bool):
-    x = (base.detach().clone() if clone_input else base.detach()).requires_grad_()
-    loss = fn(x, target)
-    loss.backward()
-    return loss.detach(), x.grad
+def _rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
 
 
-def time_fwd_bwd(fn, base, target, repeats: int, clone_input: bool) -> float:
-    device = base.device
-    times = []
-    for _ in range(repeats):
-        x = (base.detach().clone() if clone_input else base.detach()).requires_grad_()
-        _sync(device)
-        t0 = time.perf_counter()
-        fn(x, target).backward()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        del x
-    return statistics.median(times)
-
-
-def check_against_reference(objective: Objective, logits, target) -> float:
-    """Max relative error of objx's per-row losses and gradients on a sample of rows."""
-    idx = torch.randperm(logits.shape[0], generator=torch.Generator().manual_seed(1))[:CHECK_ROWS]
-    idx = idx.to(logits.device)
-    z, y = logits[idx].detach(), target[idx]
-    ours_in = z.clone().requires_grad_()
-    ref_in = z.double().cpu().requires_grad_()
-    ours = prob_loss(ours_in, y, objective, reduction="none")
-    ref = reference.prob_loss(ref_in, y.cpu(), objective, reduction="none")
+def check_against_reference(family: str, objective: Objective, bases, target) -> float:
+    """Max relative error of objx's per-row losses and every gradient on a sample of rows."""
+    idx = torch.randperm(target.shape[0], generator=torch.Generator().manual_seed(1))[:CHECK_ROWS]
+    idx = idx.to(target.device)
+    y = target[idx]
+    if family == "logits":
+        bases = (bases[0][idx],)
+        ours_fn, ref_fn = prob_loss, reference.prob_loss
+    else:
+        bases = (bases[0][idx], bases[1])
+        ours_fn, ref_fn = linear_prob_loss, reference.linear_prob_loss
+    ours_in = [b.detach().clone().requires_grad_() for b in bases]
+    ref_in = [b.detach().double().cpu().requires_grad_() for b in bases]
+    ours = ours_fn(*ours_in, y, objective=objective, reduction="none")
+    ref = ref_fn(*ref_in, y.cpu(), objective=objective, reduction="none")
     ours.sum().backward()
     ref.sum().backward()
-
-    def rel(a, b):
-        a, b = a.detach().double().cpu(), b.detach().double()
-        return ((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
-
-    return max(rel(ours, ref), rel(ours_in.grad, ref_in.grad))
+    return max([_rel(ours, ref)] + [_rel(a.grad, b.grad) for a, b in zip(ours_in, ref_in)])
 
 
-def implementations(objective: Objective, device: torch.device, use_compile: bool) -> dict:
+def _peer_cross_entropy(device):
+    """Liger's cross-entropy, when installed (GPU only)."""
+    from liger_kernel.transformers import LigerCrossEntropyLoss
+
+    return LigerCrossEntropyLoss()
+
+
+def logits_implementations(objective: Objective, device: torch.device, use_compile: bool) -> dict:
     """name -> (callable(logits, target) -> loss, needs a fresh copy of the input each call)."""
     impls: dict[str, tuple[Callable, bool]] = {
         "objx": (lambda x, y: prob_loss(x, y, objective), False),
@@ -110,69 +118,139 @@ def implementations(objective: Objective, device: torch.device, use_compile: boo
         impls["compile"] = (torch.compile(functools.partial(eager.prob_loss, objective=objective)), False)
     if device.type == "cuda" and objective == Objective("nll"):
         try:
-            from liger_kernel.transformers import LigerCrossEntropyLoss
-
-            impls["liger"] = (LigerCrossEntropyLoss(), True)  # writes its gradient into the input
+            impls["liger"] = (_peer_cross_entropy(device), True)  # writes its gradient into the input
         except Exception:  # noqa: BLE001 - optional peer; absent or broken means "not compared"
             pass
     return impls
 
 
-def run(device: str = None, shapes=None, dtype: str = None, objectives=None, repeats: int = None,
-        use_compile: bool = True, progress: bool = True) -> list[Result]:
+def linear_implementations(objective: Objective, device: torch.device, use_compile: bool) -> dict:
+    """name -> (callable(hidden, weight, target) -> loss, needs fresh inputs each call)."""
+    materialised = lambda h, w, y: prob_loss(h @ w.T, y, objective)  # noqa: E731
+    eager_fn = lambda h, w, y: eager.prob_loss(h @ w.T, y, objective)  # noqa: E731
+    impls: dict[str, tuple[Callable, bool]] = {
+        "objx": (lambda h, w, y: linear_prob_loss(h, w, y, objective=objective), False),
+        "objx-tiles": (lambda h, w, y: linear_prob_loss(h, w, y, objective=objective, grad_in_forward=False), False),
+        "logits+objx": (materialised, False),
+        "eager": (eager_fn, False),
+    }
+    if use_compile:
+        impls["compile"] = (torch.compile(eager_fn), False)
+    if device.type == "cuda" and objective == Objective("nll"):
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            liger = LigerFusedLinearCrossEntropyLoss()
+            impls["liger"] = (lambda h, w, y: liger(w, h, y), False)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            from cut_cross_entropy import linear_cross_entropy
+
+            impls["cce"] = (lambda h, w, y: linear_cross_entropy(h, w, y), False)
+        except Exception:  # noqa: BLE001
+            pass
+    return impls
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _leaves(bases, clone_input: bool):
+    return [(b.detach().clone() if clone_input else b.detach()).requires_grad_() for b in bases]
+
+
+def fwd_bwd_once(fn, bases, target, clone_input: bool):
+    leaves = _leaves(bases, clone_input)
+    loss = fn(*leaves, target)
+    loss.backward()
+    return loss.detach(), [x.grad for x in leaves]
+
+
+def time_fwd_bwd(fn, bases, target, repeats: int, clone_input: bool) -> float:
+    device = bases[0].device
+    times = []
+    for _ in range(repeats):
+        leaves = _leaves(bases, clone_input)
+        _sync(device)
+        t0 = time.perf_counter()
+        fn(*leaves, target).backward()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        del leaves
+    return statistics.median(times)
+
+
+def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) -> list[Result]:
+    if family == "logits":
+        bases, target = make_logits(*shape, dt, dev)
+        impls = logits_implementations(objective, dev, use_compile)
+    else:
+        bases, target = make_head(*shape, dt, dev)
+        impls = linear_implementations(objective, dev, use_compile)
+    shape_s = "x".join(str(v) for v in shape)
+    dtype_s = str(dt).split(".")[-1]
+    results, objx_loss = [], None
+    for name, (fn, clone_input) in impls.items():
+        if bar is not None:
+            bar.set_postfix_str(f"{family} {objective.name} {name} {shape_s}")
+        note = ""
+        try:
+            loss, _ = fwd_bwd_once(fn, bases, target, clone_input)  # warm-up (and compile)
+            fwd_bwd_once(fn, bases, target, clone_input)
+            median = time_fwd_bwd(fn, bases, target, repeats, clone_input)
+            peak = peak_extra_bytes(lambda: fwd_bwd_once(fn, bases, target, clone_input), dev)
+        except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
+            results.append(Result(family, name, objective.name, shape_s, dtype_s, None, None, None,
+                                  not name.startswith("objx"), f"failed: {type(e).__name__}: {e}"[:200]))
+            continue
+        if name == "objx":
+            objx_loss = loss.float()
+            check = check_against_reference(family, objective, bases, target)
+            ok = check <= TOLERANCE[dt]
+        else:
+            # Peers are compared with objx, which is itself checked against float64 above; a
+            # difference is information about the peer's rounding, not a failure of objx.
+            check = ((loss.float() - objx_loss).abs() / objx_loss.abs().clamp(min=1e-30)).item()
+            ok = not name.startswith("objx") or check <= max(TOLERANCE[dt], 1e-5)
+            if check > TOLERANCE[dt]:
+                note = "loss differs from objx (objx is checked against float64)"
+        results.append(Result(family, name, objective.name, shape_s, dtype_s, median * 1e3,
+                              None if peak is None else peak / 2**20, check, ok, note))
+    return results
+
+
+def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, objectives=None,
+        repeats: int = None, use_compile: bool = True, progress: bool = True) -> list[Result]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    shapes = shapes or DEFAULT_SHAPES[dev.type]
     dt = getattr(torch, dtype or DEFAULT_DTYPES[dev.type])
-    objectives = [Objective.parse(o) for o in (objectives or DEFAULT_OBJECTIVES)]
     repeats = repeats or DEFAULT_REPEATS[dev.type]
+    if shapes is None and linear_shapes is None:
+        shapes, linear_shapes = DEFAULT_SHAPES[dev.type], DEFAULT_LINEAR_SHAPES[dev.type]
+    cases = [("logits", s, Objective.parse(o)) for s in (shapes or []) for o in (objectives or DEFAULT_OBJECTIVES)]
+    cases += [("linear", s, Objective.parse(o)) for s in (linear_shapes or [])
+              for o in (objectives or DEFAULT_LINEAR_OBJECTIVES)]
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    cases = [(s, o) for s in shapes for o in objectives]
-    bar = tqdm(cases, desc="objx bench", file=sys.stderr, disable=not progress) if tqdm else cases
+    bar = tqdm(cases, desc="objx bench", file=sys.stderr) if tqdm and progress else None
     results = []
-    for (rows, vocab), objective in bar:
-        logits, target = make_inputs(rows, vocab, dt, dev)
-        objx_loss = None
-        for name, (fn, clone_input) in implementations(objective, dev, use_compile).items():
-            if tqdm and progress:
-                bar.set_postfix_str(f"{objective.name} {name} {rows}x{vocab}")
-            note = ""
-            try:
-                loss, _ = fwd_bwd_once(fn, logits, target, clone_input)  # warm-up (and compile)
-                fwd_bwd_once(fn, logits, target, clone_input)
-                median = time_fwd_bwd(fn, logits, target, repeats, clone_input)
-                peak = peak_extra_bytes(lambda: fwd_bwd_once(fn, logits, target, clone_input), dev)
-            except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
-                results.append(Result(name, objective.name, rows, vocab, str(dt).split(".")[-1],
-                                      None, None, None, name != "objx", f"failed: {type(e).__name__}: {e}"[:200]))
-                continue
-            if name == "objx":
-                objx_loss = loss.float()
-                check = check_against_reference(objective, logits, target)
-                ok = check <= TOLERANCE[dt]
-            else:
-                # Peers are compared with objx, which is itself checked against float64 above; a
-                # difference is information about the peer's rounding, not a failure of objx.
-                check = ((loss.float() - objx_loss).abs() / objx_loss.abs().clamp(min=1e-30)).item()
-                ok = True
-                if check > TOLERANCE[dt]:
-                    note = "loss differs from objx (objx is checked against float64)"
-            results.append(Result(name, objective.name, rows, vocab, str(dt).split(".")[-1],
-                                  median * 1e3, None if peak is None else peak / 2**20, check, ok, note))
-        del logits, target
+    for family, shape, objective in (bar if bar is not None else cases):
+        results += run_case(family, shape, objective, dt, dev, repeats, use_compile, bar)
     return results
 
 
 def format_table(results: list[Result]) -> str:
     by_case = {}
     for r in results:
-        by_case.setdefault((r.objective, r.rows, r.vocab, r.dtype), {})[r.impl] = r
-    head = (f"{'objective':<18} {'shape':<14} {'dtype':<9} {'impl':<8} {'median ms':>10} {'peak MB':>9} "
-            f"{'time/objx':>9} {'mem/objx':>9} {'check':>9}  ok")
+        by_case.setdefault((r.family, r.objective, r.shape, r.dtype), {})[r.impl] = r
+    head = (f"{'family':<7} {'objective':<16} {'shape':<18} {'dtype':<9} {'impl':<12} {'median ms':>10} "
+            f"{'peak MB':>9} {'time/objx':>9} {'mem/objx':>9} {'check':>9}  ok")
     lines = [head, "-" * len(head)]
-    for (objective, rows, vocab, dtype), impls in by_case.items():
+    for (family, objective, shape, dtype), impls in by_case.items():
         base = impls.get("objx")
         for r in impls.values():
             t_ratio = (f"{r.median_ms / base.median_ms:.2f}x" if base and base.median_ms and r.median_ms else "-")
@@ -180,7 +258,7 @@ def format_table(results: list[Result]) -> str:
             ms = f"{r.median_ms:.2f}" if r.median_ms is not None else "-"
             mb = f"{r.peak_mb:.1f}" if r.peak_mb is not None else "-"
             chk = f"{r.check:.1e}" if r.check is not None else "-"
-            lines.append(f"{objective:<18} {f'{rows}x{vocab}':<14} {dtype:<9} {r.impl:<8} {ms:>10} {mb:>9} "
+            lines.append(f"{family:<7} {objective:<16} {shape:<18} {dtype:<9} {r.impl:<12} {ms:>10} {mb:>9} "
                          f"{t_ratio:>9} {m_ratio:>9} {chk:>9}  {'ok' if r.ok else 'FAIL'}"
                          + (f"  {r.note}" if r.note else ""))
     return "\n".join(lines)
@@ -201,9 +279,9 @@ def environment(device: str) -> dict:
 
 def main(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shape] if args.shape else None
-    results = run(device, shapes, args.dtype, args.objective, args.repeats, not args.no_compile,
-                  progress=not args.quiet)
+    parse = lambda specs: [tuple(int(v) for v in s.lower().split("x")) for s in specs] if specs else None  # noqa: E731
+    results = run(device, parse(args.shape), parse(args.linear_shape), args.dtype, args.objective, args.repeats,
+                  not args.no_compile, progress=not args.quiet)
     env = environment(device)
     print(f"objx bench on {env['device_name']} ({device}, {env['cpu_threads']} CPU threads), "
           f"fwd+bwd, median of {args.repeats or DEFAULT_REPEATS[torch.device(device).type]} runs; "

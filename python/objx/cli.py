@@ -12,9 +12,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shape", action="append", metavar="NxV",
                        help="rows x vocabulary, repeatable (default: 2048x32000 on CPU; "
                             "8192x128256 and 8192x256000 on CUDA)")
+    bench.add_argument("--linear-shape", action="append", metavar="NxDxV",
+                       help="fused LM-head rows x hidden x vocabulary, repeatable (default: 1024x512x32000 on CPU; "
+                            "8192x4096x128256 and 8192x2304x256000 on CUDA). Giving only --shape or only "
+                            "--linear-shape runs only that family")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"],
                        help="logits dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    bench.add_argument("--objective", action="append", help="objective to run, repeatable (default: all)")
+    bench.add_argument("--objective", action="append", help="objective to run, repeatable (default: all on logits; nll and -p fused)")
     bench.add_argument("--repeats", type=int, help="timed runs per case (median reported)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     bench.add_argument("--out", help="write the results as JSON here")
