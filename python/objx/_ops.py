@@ -48,12 +48,13 @@ def _prob_loss_setup_context(ctx, inputs, output):
     ctx.save_for_backward(logits, target, lse, token_logprob, counted)
     ctx.options = (objective, objective_param, ignore_index, label_smoothing, z_loss, softcap)
     ctx.mark_non_differentiable(lse, token_logprob, counted)
+    ctx.set_materialize_grads(False)
 
 
 def _prob_loss_backward(ctx, grad_loss, _grad_lse, _grad_logprob, _grad_counted):
     logits, target, lse, token_logprob, counted = ctx.saved_tensors
     grad_logits = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and grad_loss is not None:
         grad_logits = _lib.prob_loss_backward(grad_loss, logits, target, lse, token_logprob, counted,
                                               *ctx.options)
     return grad_logits, None, None, None, None, None, None, None, None, None
@@ -97,36 +98,44 @@ def _linear_prob_loss_setup_context(ctx, inputs, output):
     ctx.grad_in_forward = grad_in_forward
     ctx.has_bias = bias is not None
     ctx.dtypes = (hidden.dtype, weight.dtype)
-    if grad_in_forward:
+    if grad_in_forward and not _is_traced(grad_weight):
+        # Held on ctx (not saved) so the backward can let go of them: autograd then moves them into
+        # .grad instead of copying a [V, D] buffer that something else still references.
+        ctx.forward_grads = [grad_hidden, grad_weight, grad_bias]
+    elif grad_in_forward:
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
     else:
         ctx.save_for_backward(hidden, weight, bias, target, lse, token_logprob, counted)
     ctx.options = (objective, objective_param, ignore_index, label_smoothing, z_loss, softcap, vocab_chunk)
     ctx.mark_non_differentiable(lse, token_logprob, counted, grad_hidden, grad_weight, grad_bias)
+    # Unused outputs' gradients stay None: materialised zeros would cost a [V, D] buffer here.
+    ctx.set_materialize_grads(False)
 
 
 def _linear_prob_loss_backward(ctx, grad_loss, *_unused):
     hidden_dtype, weight_dtype = ctx.dtypes
+    if grad_loss is None:  # the loss itself does not reach the differentiated output
+        return (None,) * 14
     if ctx.grad_in_forward:
         # The forward computed the gradients of sum_r loss[r]; a "mean"/"sum" reduction hands every
         # row the same upstream gradient, so the weight's and bias' scale by one number. Eagerly
-        # they are scaled in place (no second [V, D] buffer), so this backward can run only once;
-        # a traced graph (torch.compile) scales out of place and leaves buffer reuse to the compiler.
-        traced = _is_traced(grad_loss)
-        if not traced and getattr(ctx, "backward_done", False):
-            raise RuntimeError("objx.linear_prob_loss: with grad_in_forward=True the backward can run only "
-                               "once (retain_graph); pass grad_in_forward=False to differentiate twice")
-        ctx.backward_done = True
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        # they are scaled in place and handed over (no second [V, D] buffer), so this backward can
+        # run only once; a traced graph (torch.compile) scales its saved copies out of place.
         scale = grad_loss[:1].sum()  # 0 for an empty batch, no device sync
-        if traced:
-            grad_hidden = grad_hidden * grad_loss[:, None]
-            grad_weight = grad_weight * scale
-            grad_bias = grad_bias * scale
-        else:
+        if hasattr(ctx, "forward_grads"):
+            if ctx.forward_grads is None:
+                raise RuntimeError("objx.linear_prob_loss: with grad_in_forward=True the backward can run only "
+                                   "once (retain_graph); pass grad_in_forward=False to differentiate twice")
+            grad_hidden, grad_weight, grad_bias = ctx.forward_grads
+            ctx.forward_grads = None
             grad_hidden = grad_hidden.mul_(grad_loss[:, None])
             grad_weight = grad_weight.mul_(scale)
             grad_bias = grad_bias.mul_(scale)
+        else:
+            grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+            grad_hidden = grad_hidden * grad_loss[:, None]
+            grad_weight = grad_weight * scale
+            grad_bias = grad_bias * scale
         grad_hidden = grad_hidden.to(hidden_dtype)
         grad_weight = grad_weight.to(weight_dtype)
         grad_bias = grad_bias.to(weight_dtype) if ctx.has_bias else None
