@@ -121,6 +121,30 @@ ProbLossForward scatter_forward(const ProbLossForward& kept, const Rows& rows, i
           rows.put(logp, total, -std::numeric_limits<double>::infinity()), rows.put(counted, total, false)};
 }
 
+// One call's checked inputs: the options, the kept rows and their targets, the GEMMs.
+struct LinearCall {
+  ProbLossOptions opt;
+  Rows rows;
+  HeadGemms gemm;
+  at::Tensor y;  // targets of the kept rows
+  int64_t total, vocab, dim;
+  at::TensorOptions acc_opts;
+};
+
+LinearCall prepare_linear_call(const at::Tensor& hidden, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, const at::Tensor& target, ProbLossOptions opt,
+                               int64_t vocab_chunk) {
+  check_prob_loss_options(opt);
+  check_linear_inputs(hidden, weight, bias, target, vocab_chunk);
+  const auto acc = prob_acc_dtype(hidden.scalar_type());
+  Rows rows = kept_rows(target, opt.ignore_index);
+  HeadGemms gemm(rows.take(hidden), weight.contiguous(),
+                 bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt, acc);
+  at::Tensor y = rows.take(target).contiguous();
+  return {std::move(opt), std::move(rows), std::move(gemm), std::move(y), hidden.size(0), weight.size(0),
+          weight.size(1), hidden.options().dtype(acc)};
+}
+
 LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Tensor& weight_in,
                                        const std::optional<at::Tensor>& bias_in, const at::Tensor& target_in,
                                        std::string objective, double param, std::optional<double> min_prob,
@@ -131,18 +155,14 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
   // The GEMMs below are implementation detail: never recorded by autograd (objx registers the op's
   // own backward), even when this op is called directly with inputs that require grad.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const auto opt = make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index,
-                                          label_smoothing, z_loss, softcap);
-  check_prob_loss_options(opt);
-  check_linear_inputs(hidden_in, weight_in, bias_in, target_in, vocab_chunk);
-  const at::Tensor weight = weight_in.contiguous();
-  const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
-  const int64_t total = hidden_in.size(0), vocab = weight.size(0), dim = weight.size(1);
-  const auto acc_opts = hidden_in.options().dtype(prob_acc_dtype(hidden_in.scalar_type()));
-  const Rows rows = kept_rows(target_in, ignore_index);
-  const HeadGemms gemm(rows.take(hidden_in), weight, bias, acc_opts.dtype().toScalarType());
+  const LinearCall call = prepare_linear_call(
+      hidden_in, weight_in, bias_in, target_in,
+      make_prob_loss_options(std::move(objective), param, min_prob, max_prob, ignore_index, label_smoothing,
+                             z_loss, softcap),
+      vocab_chunk);
+  const auto& [opt, rows, gemm, y, total, vocab, dim, acc_opts] = call;
   const at::Tensor& h = gemm.h;
-  const at::Tensor y = rows.take(target_in).contiguous();
+  const bool has_bias = gemm.bias.has_value();
   const int64_t n = h.size(0);
   const auto none = [&] { return at::empty({0}, acc_opts); };  // distinct tensors: outputs never alias
 
@@ -163,7 +183,7 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(n, vocab_chunk * std::max<int64_t>(n, 1) / vocab));
   auto grad_hidden = at::zeros({n, dim}, acc_opts);
   auto grad_weight = at::zeros({vocab, dim}, acc_opts);
-  auto grad_bias = bias ? at::zeros({vocab}, acc_opts) : none();
+  auto grad_bias = has_bias ? at::zeros({vocab}, acc_opts) : none();
   std::vector<at::Tensor> losses, lses, logps, counteds;
   for (int64_t r0 = 0; r0 < n; r0 += block) {
     const int64_t nb = std::min(block, n - r0);
@@ -174,7 +194,7 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
     auto fwd = prob_tile_finish(state, yb, opt, vocab);
     const auto& [loss, lse, logp, counted] = fwd;
     prob_tile_grad(tile, yb, 0, ProbLossSaved{at::ones({nb}, acc_opts), lse, logp, counted}, opt, vocab);
-    if (bias) grad_bias.add_(tile.sum(0));
+    if (has_bias) grad_bias.add_(tile.sum(0));
     const auto g = gemm.grad_input(tile);
     gemm.mm_into(grad_hidden.narrow(0, r0, nb), g, gemm.w_rows(0, vocab), /*accumulate=*/false);
     gemm.mm_into(grad_weight, g.t(), hb, /*accumulate=*/true);
@@ -200,30 +220,27 @@ LinearGrads linear_prob_loss_backward(const at::Tensor& grad_loss, const at::Ten
                                       std::optional<double> softcap, int64_t vocab_chunk) {
   NvtxRange range("objx::linear_prob_loss_backward");
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const auto opt = make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
-                                          label_smoothing, z_loss, softcap);
-  check_prob_loss_options(opt);
-  check_linear_inputs(hidden_in, weight_in, bias_in, target_in, vocab_chunk);
-  const at::Tensor weight = weight_in.contiguous();
-  const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
-  const int64_t total = hidden_in.size(0), vocab = weight.size(0), dim = weight.size(1);
+  const LinearCall call = prepare_linear_call(
+      hidden_in, weight_in, bias_in, target_in,
+      make_prob_loss_options(std::move(objective), param, std::nullopt, std::nullopt, ignore_index,
+                             label_smoothing, z_loss, softcap),
+      vocab_chunk);
+  const auto& [opt, rows, gemm, y, total, vocab, dim, acc_opts] = call;
+  const at::Tensor& h = gemm.h;
+  const bool has_bias = gemm.bias.has_value();
+  const auto acc = acc_opts.dtype().toScalarType();
   // prepare_prob_loss_saved checks shapes against a [N, *] tensor: hidden stands in for logits.
   const ProbLossSaved all = prepare_prob_loss_saved(hidden_in, grad_loss, lse, logp, counted);
-  const Rows rows = kept_rows(target_in, ignore_index);
-  const auto acc = prob_acc_dtype(hidden_in.scalar_type());
-  const HeadGemms gemm(rows.take(hidden_in), weight, bias, acc);
-  const at::Tensor& h = gemm.h;
-  const at::Tensor y = rows.take(target_in).contiguous();
   const ProbLossSaved saved{rows.take(all.grad_loss), rows.take(all.lse), rows.take(all.logp), rows.take(all.counted)};
 
   auto grad_hidden = at::zeros({h.size(0), dim}, hidden_in.options().dtype(acc));
-  auto grad_weight = at::empty({vocab, dim}, weight.options());
-  auto grad_bias = bias ? at::empty({vocab}, weight.options()) : at::empty({0}, weight.options());
+  auto grad_weight = at::empty({vocab, dim}, weight_in.options());
+  auto grad_bias = at::empty({has_bias ? vocab : 0}, weight_in.options());
   for (int64_t v0 = 0; v0 < vocab; v0 += vocab_chunk) {
     const int64_t vc = std::min(vocab_chunk, vocab - v0);
     auto tile = gemm.logits(h, v0, vc);
     prob_tile_grad(tile, y, v0, saved, opt, vocab);
-    if (bias) grad_bias.narrow(0, v0, vc).copy_(tile.sum(0));
+    if (has_bias) grad_bias.narrow(0, v0, vc).copy_(tile.sum(0));
     // Each tile owns its rows of grad_weight: one GEMM writes them, accumulating in float32;
     // grad_hidden sums over tiles in the accumulation dtype.
     const auto g = gemm.grad_input(tile);

@@ -10,19 +10,21 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def flatten_rows(fn: str, logits: torch.Tensor, target: torch.Tensor):
-    """logits [..., V] and target [...] -> [N, V], [N] (views when possible)."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{fn}: logits must be a torch.Tensor, got {type(logits).__name__}")
+def flatten_rows(fn: str, rows_input: torch.Tensor, target: torch.Tensor, name: str = "logits", last: str = "V"):
+    """rows_input [..., last] (logits or hidden states) and target [...] -> [N, last], [N] (views
+    when possible)."""
+    if not isinstance(rows_input, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(rows_input).__name__}")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
-    if logits.dim() < 2:
-        raise ValueError(f"{fn}: logits must be [..., V] with at least 2 dims, got shape {tuple(logits.shape)}")
-    if target.shape != logits.shape[:-1]:
-        raise ValueError(f"{fn}: target must have shape {tuple(logits.shape[:-1])} (logits' leading dims), "
+    if rows_input.dim() < 2:
+        raise ValueError(f"{fn}: {name} must be [..., {last}] with at least 2 dims, got shape "
+                         f"{tuple(rows_input.shape)}")
+    if target.shape != rows_input.shape[:-1]:
+        raise ValueError(f"{fn}: target must have shape {tuple(rows_input.shape[:-1])} ({name}' leading dims), "
                          f"got {tuple(target.shape)}")
     rows = target.numel()
-    return logits.reshape(rows, logits.shape[-1]), target.reshape(rows)
+    return rows_input.reshape(rows, rows_input.shape[-1]), target.reshape(rows)
 
 
 def reduce_rows(rows: torch.Tensor, counted: torch.Tensor, reduction: str, shape) -> torch.Tensor:

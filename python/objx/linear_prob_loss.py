@@ -5,7 +5,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._args import check_reduction, reduce_rows
+from ._args import check_reduction, flatten_rows, reduce_rows
 from .objective import Objective, resolve_objective
 
 # Bytes one logits tile may take: CPU keeps it cache- and RAM-friendly; on CUDA a slice of the
@@ -28,19 +28,6 @@ def auto_chunk_size(rows: int, dim: int, vocab: int, dtype: torch.dtype, device:
     return int(min(columns, vocab))
 
 
-def _flatten(fn, hidden, weight, target):
-    for name, t in (("hidden", hidden), ("weight", weight), ("target", target)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if hidden.dim() < 2:
-        raise ValueError(f"{fn}: hidden must be [..., D] with at least 2 dims, got shape {tuple(hidden.shape)}")
-    if target.shape != hidden.shape[:-1]:
-        raise ValueError(f"{fn}: target must have shape {tuple(hidden.shape[:-1])} (hidden's leading dims), "
-                         f"got {tuple(target.shape)}")
-    rows = target.numel()
-    return hidden.reshape(rows, hidden.shape[-1]), target.reshape(rows)
-
-
 def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                      bias: Optional[torch.Tensor] = None, objective: Union[str, Objective] = "nll", *,
                      alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
@@ -57,9 +44,11 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     """
     check_reduction(reduction)
     obj = resolve_objective(objective, alpha, min_prob, max_prob)
-    rows_hidden, rows_target = _flatten("objx.linear_prob_loss", hidden, weight, target)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError("objx.linear_prob_loss: weight must be a 2-D tensor [V, D]")
+    rows_hidden, rows_target = flatten_rows("objx.linear_prob_loss", hidden, target, name="hidden", last="D")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"objx.linear_prob_loss: weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"objx.linear_prob_loss: weight must be 2-D [V, D], got shape {tuple(weight.shape)}")
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     if grad_in_forward is None:
