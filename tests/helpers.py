@@ -25,6 +25,9 @@ def make_logits(rows, vocab, *, dtype=torch.float32, device="cpu", generator=Non
 def rel_err(actual, expected):
     actual = actual.detach().double().cpu()
     expected = expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if expected.numel() == 0:
+        return 0.0
     scale = expected.abs().max().clamp(min=1e-300)
     return ((actual - expected).abs().max() / scale).item()
 

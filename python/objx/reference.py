@@ -11,7 +11,11 @@ from .objective import Objective, resolve_objective
 
 def _objective_value(obj: Objective, logp: torch.Tensor) -> torch.Tensor:
     if obj.kind == "power" and obj.alpha != 0:
-        return -torch.expm1(obj.alpha * logp) / obj.alpha
+        # (1 - p^a)/a with the value from expm1 (exact when p^a is near 1) and the gradient from
+        # exp (autograd's expm1 backward forms 1 + expm1, which loses p^a when it is tiny).
+        a = obj.alpha * logp
+        a_const = a.detach()
+        return (-torch.expm1(a_const) - (torch.exp(a) - torch.exp(a_const))) / obj.alpha
     if obj.kind == "log1m":
         return torch.log1p(obj.eps - logp.exp())
     return -logp
@@ -45,7 +49,8 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
             counted &= ~(p_all > obj.max_prob)
     zc = torch.where(counted[:, None], z, torch.zeros_like(z))
     lse = torch.logsumexp(zc, dim=1)
-    logp = zc.gather(1, y_safe[:, None]).squeeze(1) - lse
+    # log_softmax keeps log p exact near p = 1, where lse - z_y would cancel.
+    logp = torch.log_softmax(zc, dim=1).gather(1, y_safe[:, None]).squeeze(1)
     if label_smoothing:
         f = (1 - label_smoothing) * (-logp) + label_smoothing * (lse - zc.mean(dim=1))
     else:
