@@ -46,28 +46,17 @@ const acc_t* load_piece(const scalar_t* src, int64_t n, acc_t cap, acc_t* buf) {
   return buf;
 }
 
-// Adds logits x[0, n) to a running state (float: the vectorised primitives of vec_row.h).
-void absorb(LseState<float>& st, double& sum_z, const float* x, int64_t n, bool want_sum) {
+// Adds logits x[0, n) to a running state (and their sum, for label smoothing).
+template <typename acc_t>
+void absorb(LseState<acc_t>& st, double& sum_z, const acc_t* x, int64_t n, bool want_sum) {
   if (n <= 0) return;
-  const float cm = chunk_max(x, n);
-  const float m = st.max > cm ? st.max : cm;
-  const float shift = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
-  st.sum = st.sum * math::exp_shifted(st.max, m) + chunk_sum_exp(x, n, shift);
-  st.max = m;
-  if (want_sum) sum_z += chunk_sum(x, n);
-}
-
-// float64: plain loops with exact std::exp.
-void absorb(LseState<double>& st, double& sum_z, const double* x, int64_t n, bool /*want_sum*/) {
-  if (n <= 0) return;
-  LseState<double> piece = math::lse_empty<double>();
-  for (int64_t i = 0; i < n; ++i) piece.max = x[i] > piece.max ? x[i] : piece.max;
-  const double shift = piece.max == -std::numeric_limits<double>::infinity() ? 0.0 : piece.max;
-  for (int64_t i = 0; i < n; ++i) {
-    piece.sum += std::exp(x[i] - shift);
-    sum_z += x[i];
+  lse_absorb(st.max, st.sum, x, n);
+  if (!want_sum) return;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    sum_z += chunk_sum(x, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) sum_z += x[i];
   }
-  st = math::lse_merge(st, piece);
 }
 
 template <typename acc_t>

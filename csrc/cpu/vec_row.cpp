@@ -1,5 +1,6 @@
 #include "vec_row.h"
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -81,6 +82,30 @@ OBJX_ISA_CLONES float chunk_sum(const float* x, int64_t n) {
 OBJX_ISA_CLONES void chunk_scaled_softmax(const float* x, int64_t n, float lse, float a, float c,
                                           float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = a * exp_poly(x[i] - lse) - c;
+}
+
+void lse_absorb(float& max, float& sum, const float* x, int64_t n) {
+  if (n <= 0) return;
+  const float cm = chunk_max(x, n);
+  const float m = max > cm ? max : cm;
+  const float shift = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
+  const float rescale = max == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(max - shift);
+  sum = sum * rescale + chunk_sum_exp(x, n, shift);
+  max = m;
+}
+
+// float64: plain loops with exact std::exp (two passes: max, then the shifted sum).
+void lse_absorb(double& max, double& sum, const double* x, int64_t n) {
+  if (n <= 0) return;
+  double cm = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) cm = x[i] > cm ? x[i] : cm;
+  const double m = max > cm ? max : cm;
+  const double shift = m == -std::numeric_limits<double>::infinity() ? 0.0 : m;
+  double piece = 0.0;
+  for (int64_t i = 0; i < n; ++i) piece += std::exp(x[i] - shift);
+  const double rescale = max == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(max - shift);
+  sum = sum * rescale + piece;
+  max = m;
 }
 
 }  // namespace objx::cpu

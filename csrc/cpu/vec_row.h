@@ -15,4 +15,8 @@ float chunk_sum(const float* x, int64_t n);
 // out_j = a * exp(x_j - lse) - c.
 void chunk_scaled_softmax(const float* x, int64_t n, float lse, float a, float c, float* out);
 
+// Folds x[0, n) into an online log-sum-exp state (running max, sum of exp(x - max)).
+void lse_absorb(float& max, float& sum, const float* x, int64_t n);
+void lse_absorb(double& max, double& sum, const double* x, int64_t n);
+
 }  // namespace objx::cpu

@@ -1,0 +1,133 @@
+#pragma once
+// SPEC §2: per-element terms and gradients of the distillation losses, shared by the CPU and
+// CUDA kernels. A row is reduced in two passes (four log-sum-exps, then the divergence sum) and
+// differentiated in a third from the per-row scalars of DistillRow.
+#include <cmath>
+#include <limits>
+
+#include "objx/math/hd.h"
+
+namespace objx::math {
+
+enum class DistillMethod : int { kTtm = 0, kWttm, kKd, kForwardKl, kReverseKl, kJsd, kTvd };
+
+template <typename acc_t>
+struct DistillParams {
+  DistillMethod method;
+  acc_t temperature;
+  acc_t beta;  // jsd only; 0 and 1 are mapped to forward_kl / reverse_kl on the host
+  acc_t hard_weight;
+  acc_t soft_weight;
+  int64_t ignore_index;
+  int64_t vocab;
+  bool has_target;
+};
+
+// Per-row scalars: the four log-sum-exps of pass 1, then the raw divergence sum D and
+// sum_k q_k a_k of pass 2 (the backward's inputs).
+template <typename acc_t>
+struct DistillRow {
+  acc_t lse_s1, lse_sT, lse_tT, lse_t1, div, qa;
+};
+constexpr int kDistillRowStats = 6;
+
+// Does the method compare the untempered student q = softmax(s) (TTM, WTTM) rather than softmax(s/T)?
+OBJX_HD bool distill_untempered_student(DistillMethod m) {
+  return m == DistillMethod::kTtm || m == DistillMethod::kWttm;
+}
+
+// log p (teacher at T) and log q (student, at T or 1 by method) of one vocabulary entry.
+template <typename acc_t>
+OBJX_HD void distill_logs(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, acc_t s, acc_t t,
+                          acc_t& log_p, acc_t& log_q) {
+  log_p = t / prm.temperature - row.lse_tT;
+  log_q = distill_untempered_student(prm.method) ? s - row.lse_s1 : s / prm.temperature - row.lse_sT;
+}
+
+// x * (log_x - log_y) with 0 * anything = 0 (an entry of probability 0 contributes nothing).
+template <typename acc_t>
+OBJX_HD acc_t xlogratio(acc_t log_x, acc_t log_y) {
+  using std::exp;
+  return log_x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : exp(log_x) * (log_x - log_y);
+}
+
+// log(beta e^{log_p} + (1 - beta) e^{log_q}), the JSD mixture.
+template <typename acc_t>
+OBJX_HD acc_t log_mixture(acc_t beta, acc_t log_p, acc_t log_q) {
+  using std::exp;
+  using std::log;
+  using std::log1p;
+  const acc_t a = log(beta) + log_p, b = log(acc_t(1) - beta) + log_q;
+  const acc_t hi = a > b ? a : b, lo = a > b ? b : a;
+  if (hi == -std::numeric_limits<acc_t>::infinity()) return hi;
+  return hi + log1p(exp(lo - hi));
+}
+
+// One entry's contribution to the raw divergence sum D.
+template <typename acc_t>
+OBJX_HD acc_t distill_term(const DistillParams<acc_t>& prm, acc_t log_p, acc_t log_q) {
+  using std::exp;
+  using std::fabs;
+  switch (prm.method) {
+    case DistillMethod::kReverseKl: return xlogratio(log_q, log_p);
+    case DistillMethod::kJsd: {
+      const acc_t log_m = log_mixture(prm.beta, log_p, log_q);
+      return prm.beta * xlogratio(log_p, log_m) + (acc_t(1) - prm.beta) * xlogratio(log_q, log_m);
+    }
+    case DistillMethod::kTvd: return acc_t(0.5) * fabs(exp(log_p) - exp(log_q));
+    default: return xlogratio(log_p, log_q);  // KL(p || q): ttm, wttm, kd, forward_kl
+  }
+}
+
+// a_j = dD/dq_j of the methods differentiated by chaining through the softmax (jsd, tvd).
+template <typename acc_t>
+OBJX_HD acc_t distill_a(const DistillParams<acc_t>& prm, acc_t log_p, acc_t log_q) {
+  using std::exp;
+  if (prm.method == DistillMethod::kJsd) {
+    const acc_t log_m = log_mixture(prm.beta, log_p, log_q);
+    return log_q == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : (acc_t(1) - prm.beta) * (log_q - log_m);
+  }
+  if (prm.method == DistillMethod::kTvd) {
+    const acc_t d = exp(log_q) - exp(log_p);
+    return d > acc_t(0) ? acc_t(0.5) : (d < acc_t(0) ? acc_t(-0.5) : acc_t(0));
+  }
+  return acc_t(0);
+}
+
+OBJX_HD bool distill_needs_qa(DistillMethod m) { return m == DistillMethod::kJsd || m == DistillMethod::kTvd; }
+
+// WTTM's sample weight U = sum_j softmax(t)_j^(1/T) = exp(lse(t/T) - lse(t)/T).
+template <typename acc_t>
+OBJX_HD acc_t distill_wttm_weight(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row) {
+  using std::exp;
+  return exp(row.lse_tT - row.lse_t1 / prm.temperature);
+}
+
+// The soft loss D of SPEC §2's table from the raw sum: U·KL for wttm, T²·KL for kd.
+template <typename acc_t>
+OBJX_HD acc_t distill_soft(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row) {
+  switch (prm.method) {
+    case DistillMethod::kWttm: return distill_wttm_weight(prm, row) * row.div;
+    case DistillMethod::kKd: return prm.temperature * prm.temperature * row.div;
+    default: return row.div;
+  }
+}
+
+// d soft / d s_j for one entry.
+template <typename acc_t>
+OBJX_HD acc_t distill_soft_grad(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, acc_t log_p,
+                                acc_t log_q) {
+  using std::exp;
+  const acc_t p = exp(log_p), q = exp(log_q), T = prm.temperature;
+  switch (prm.method) {
+    case DistillMethod::kTtm: return q - p;
+    case DistillMethod::kWttm: return distill_wttm_weight(prm, row) * (q - p);
+    case DistillMethod::kKd: return T * (q - p);
+    case DistillMethod::kForwardKl: return (q - p) / T;
+    case DistillMethod::kReverseKl:
+      return q == acc_t(0) ? acc_t(0) : q * (log_q - log_p - row.div) / T;
+    default: return q * (distill_a(prm, log_p, log_q) - row.qa) / T;  // jsd, tvd
+  }
+}
+
+}  // namespace objx::math
