@@ -25,4 +25,15 @@ TORCH_LIBRARY(objx, m) {
       "Tensor lse, Tensor token_logprob, Tensor counted, str objective, float objective_param, int ignore_index, "
       "float label_smoothing, float z_loss, float? softcap, int vocab_chunk) -> (Tensor grad_hidden, "
       "Tensor grad_weight, Tensor grad_bias)");
+  // SPEC §2. Per-row loss = hard_weight * CE(y, softmax(s)) + soft_weight * D, the soft and hard
+  // terms, the [N, 6] row statistics of the backward, and the counted mask. No target: every row
+  // counts and hard_weight must be 0. The teacher gets no gradient.
+  m.def(
+      "distill_forward(Tensor student_logits, Tensor teacher_logits, Tensor? target, str method, "
+      "float temperature, float beta, float hard_weight, float soft_weight, int ignore_index) -> (Tensor loss, "
+      "Tensor soft, Tensor hard, Tensor stats, Tensor counted)");
+  m.def(
+      "distill_backward(Tensor grad_loss, Tensor student_logits, Tensor teacher_logits, Tensor? target, "
+      "Tensor stats, Tensor counted, str method, float temperature, float beta, float hard_weight, "
+      "float soft_weight, int ignore_index) -> Tensor");
 }

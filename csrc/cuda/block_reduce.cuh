@@ -52,7 +52,28 @@ __device__ math::LseState<acc_t> block_lse(math::LseState<acc_t> s, acc_t& sum) 
   }
   __syncthreads();
   sum = s_lin[0];
-  return {s_max[0], s_sum[0]};
+  const math::LseState<acc_t> out{s_max[0], s_sum[0]};
+  __syncthreads();  // everyone has read the result: the shared slots may be reused by a next call
+  return out;
+}
+
+// Block-wide sum; every thread gets the result. Safe to call repeatedly.
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t s_part[kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  v = warp_sum(v);
+  if (lane == 0) s_part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    acc_t w = lane < warps ? s_part[lane] : acc_t(0);
+    w = warp_sum(w);
+    if (lane == 0) s_part[0] = w;
+  }
+  __syncthreads();
+  const acc_t out = s_part[0];
+  __syncthreads();
+  return out;
 }
 
 }  // namespace objx::cuda

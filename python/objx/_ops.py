@@ -150,3 +150,43 @@ def _linear_prob_loss_backward(ctx, grad_loss, *_unused):
 
 torch.library.register_autograd("objx::linear_prob_loss_forward", _linear_prob_loss_backward,
                                 setup_context=_linear_prob_loss_setup_context)
+
+
+# --- distill (SPEC §2) ------------------------------------------------------------------------
+
+@torch.library.register_fake("objx::distill_forward")
+def _distill_forward_fake(student_logits, teacher_logits, target, method, temperature, beta, hard_weight,
+                          soft_weight, ignore_index):
+    torch._check(student_logits.dim() == 2, lambda: "objx.distill_loss: student_logits must be 2-D [N, V]")
+    torch._check(teacher_logits.shape == student_logits.shape, lambda: "objx.distill_loss: shape mismatch")
+    rows = student_logits.shape[0]
+    acc = _acc_dtype(student_logits.dtype)
+    new = student_logits.new_empty
+    return (new(rows, dtype=acc), new(rows, dtype=acc), new(rows, dtype=acc), new(rows, 6, dtype=acc),
+            new(rows, dtype=torch.bool))
+
+
+@torch.library.register_fake("objx::distill_backward")
+def _distill_backward_fake(grad_loss, student_logits, teacher_logits, target, stats, counted, method, temperature,
+                           beta, hard_weight, soft_weight, ignore_index):
+    return torch.empty_like(student_logits, memory_format=torch.contiguous_format)
+
+
+def _distill_setup_context(ctx, inputs, output):
+    student, teacher, target, *options = inputs
+    _loss, soft, hard, stats, counted = output
+    ctx.save_for_backward(student, teacher, target, stats, counted)
+    ctx.options = tuple(options)
+    ctx.mark_non_differentiable(soft, hard, stats, counted)
+    ctx.set_materialize_grads(False)
+
+
+def _distill_backward(ctx, grad_loss, *_unused):
+    student, teacher, target, stats, counted = ctx.saved_tensors
+    grad_student = None
+    if ctx.needs_input_grad[0] and grad_loss is not None:
+        grad_student = _lib.distill_backward(grad_loss, student, teacher, target, stats, counted, *ctx.options)
+    return (grad_student,) + (None,) * 8  # the teacher never receives a gradient
+
+
+torch.library.register_autograd("objx::distill_forward", _distill_backward, setup_context=_distill_setup_context)

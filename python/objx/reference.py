@@ -71,3 +71,54 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     if bias is not None:
         logits = logits + bias.to(dtype)
     return prob_loss(logits, target, objective, dtype=dtype, **kwargs)
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: Optional[torch.Tensor] = None,
+                 *, method: str = "ttm", temperature: float = 1.0, beta: float = 0.5, hard_weight: float = 1.0,
+                 soft_weight: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
+                 dtype: torch.dtype = torch.float64):
+    """SPEC §2 in plain PyTorch (full softmaxes), computed in `dtype`."""
+    check_reduction(reduction)
+    shape = student_logits.shape[:-1]
+    s = student_logits.reshape(-1, student_logits.shape[-1]).to(dtype)
+    t = teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(dtype).detach()
+    T = float(temperature)
+    log_q1 = torch.log_softmax(s, -1)
+    log_qT = torch.log_softmax(s / T, -1)
+    log_pT = torch.log_softmax(t / T, -1)
+
+    def kl(log_a, log_b):  # sum a (log a - log b), with 0 log 0 = 0
+        return torch.where(log_a == float("-inf"), torch.zeros_like(log_a), log_a.exp() * (log_a - log_b)).sum(-1)
+
+    if method == "jsd" and beta == 0:
+        method = "forward_kl"
+    if method == "jsd" and beta == 1:
+        method = "reverse_kl"
+    if method in ("ttm", "wttm"):
+        soft = kl(log_pT, log_q1)
+        if method == "wttm":
+            u = torch.exp(torch.logsumexp(t / T, -1) - torch.logsumexp(t, -1) / T)
+            soft = u * soft
+    elif method == "kd":
+        soft = T * T * kl(log_pT, log_qT)
+    elif method == "forward_kl":
+        soft = kl(log_pT, log_qT)
+    elif method == "reverse_kl":
+        soft = kl(log_qT, log_pT)
+    elif method == "jsd":
+        log_m = torch.logaddexp(log_pT + torch.log(torch.tensor(beta, dtype=dtype)),
+                                log_qT + torch.log(torch.tensor(1 - beta, dtype=dtype)))
+        soft = beta * kl(log_pT, log_m) + (1 - beta) * kl(log_qT, log_m)
+    elif method == "tvd":
+        soft = 0.5 * (log_pT.exp() - log_qT.exp()).abs().sum(-1)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    if target is not None:
+        y = target.reshape(-1)
+        counted = y != ignore_index
+        hard = -log_q1.gather(1, torch.where(counted, y, 0)[:, None]).squeeze(1)
+    else:
+        counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        hard = torch.zeros_like(soft)
+    rows = torch.where(counted, hard_weight * hard + soft_weight * soft, torch.zeros_like(soft))
+    return reduce_rows(rows, counted, reduction, shape)

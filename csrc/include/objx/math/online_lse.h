@@ -39,6 +39,18 @@ OBJX_HD LseState<acc_t> lse_push(LseState<acc_t> s, acc_t x) {
   return lse_merge(s, LseState<acc_t>{x, acc_t(1)});
 }
 
+// Adds one logit with a single exp: rescale only when the maximum moves.
+template <typename acc_t>
+OBJX_HD void lse_add(LseState<acc_t>& s, acc_t x) {
+  using std::exp;
+  if (x > s.max) {
+    s.sum = s.sum * exp_shifted(s.max, x) + acc_t(1);
+    s.max = x;
+  } else if (x != -std::numeric_limits<acc_t>::infinity()) {
+    s.sum += exp(x - s.max);  // NaN x (or a NaN max) lands here and poisons the sum
+  }
+}
+
 template <typename acc_t>
 OBJX_HD acc_t lse_finish(LseState<acc_t> s) {
   using std::log;

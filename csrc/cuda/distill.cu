@@ -1,0 +1,203 @@
+// CUDA kernels of the distill ops (SPEC §2): one block per row; the forward makes a pass for the
+// four log-sum-exps and a pass for the divergence sum, the backward one pass for the gradient.
+#include <cstdint>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "block_reduce.cuh"
+#include "objx/distill.h"
+#include "objx/prob_loss.h"
+#include "objx/math/distill.h"
+#include "objx/math/online_lse.h"
+#include "objx/nvtx.h"
+
+namespace objx::cuda {
+namespace {
+
+using math::DistillParams;
+using math::DistillRow;
+using math::LseState;
+
+constexpr int kThreads = 256;
+constexpr int kBadTarget = 0, kEmptyRow = 1;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename acc_t>
+struct DistillOutputs {
+  acc_t* loss;
+  acc_t* soft;
+  acc_t* hard;
+  acc_t* stats;
+  bool* counted;
+  unsigned long long* first_error;  // [2]: first bad-target row, first empty counted row
+};
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) distill_forward_kernel(
+    const scalar_t* __restrict__ student, int64_t s_stride, const scalar_t* __restrict__ teacher, int64_t t_stride,
+    const int64_t* __restrict__ target, DistillParams<acc_t> prm, DistillOutputs<acc_t> out) {
+  const int64_t r = blockIdx.x;
+  const int64_t vocab = prm.vocab;
+  const scalar_t* s = student + r * s_stride;
+  const scalar_t* t = teacher + r * t_stride;
+  const int64_t y = prm.has_target ? target[r] : 0;
+  const bool counts = !prm.has_target || y != prm.ignore_index;
+  const bool bad = counts && prm.has_target && (y < 0 || y >= vocab);
+  acc_t* row_stats = out.stats + r * math::kDistillRowStats;
+  if (!counts || bad) {  // uniform over the block
+    if (threadIdx.x == 0) {
+      if (bad) atomicMin(out.first_error + kBadTarget, static_cast<unsigned long long>(r));
+      out.loss[r] = out.soft[r] = out.hard[r] = acc_t(0);
+      for (int k = 0; k < math::kDistillRowStats; ++k) row_stats[k] = acc_t(0);
+      out.counted[r] = false;
+    }
+    return;
+  }
+  const acc_t T = prm.temperature;
+  LseState<acc_t> st[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) st[k] = math::lse_empty<acc_t>();
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const acc_t sj = static_cast<acc_t>(s[j]), tj = static_cast<acc_t>(t[j]);
+    math::lse_add(st[0], sj);
+    math::lse_add(st[1], sj / T);
+    math::lse_add(st[2], tj / T);
+    math::lse_add(st[3], tj);
+  }
+  acc_t unused = 0;
+  DistillRow<acc_t> row;
+  row.lse_s1 = math::lse_finish(block_lse(st[0], unused));
+  row.lse_sT = math::lse_finish(block_lse(st[1], unused));
+  row.lse_tT = math::lse_finish(block_lse(st[2], unused));
+  row.lse_t1 = math::lse_finish(block_lse(st[3], unused));
+  row.div = row.qa = acc_t(0);
+
+  acc_t div = 0, qa = 0;
+  const bool needs_qa = math::distill_needs_qa(prm.method);
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    acc_t log_p, log_q;
+    math::distill_logs(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), log_p, log_q);
+    div += math::distill_term(prm, log_p, log_q);
+    if (needs_qa) qa += exp(log_q) * math::distill_a(prm, log_p, log_q);
+  }
+  row.div = block_sum(div);
+  row.qa = block_sum(qa);
+
+  if (threadIdx.x == 0) {
+    if (row.lse_s1 == -std::numeric_limits<acc_t>::infinity())
+      atomicMin(out.first_error + kEmptyRow, static_cast<unsigned long long>(r));
+    const acc_t soft = math::distill_soft(prm, row);
+    const acc_t hard = prm.has_target ? row.lse_s1 - static_cast<acc_t>(s[y]) : acc_t(0);
+    out.loss[r] = prm.hard_weight * hard + prm.soft_weight * soft;
+    out.soft[r] = soft;
+    out.hard[r] = hard;
+    const acc_t values[math::kDistillRowStats] = {row.lse_s1, row.lse_sT, row.lse_tT, row.lse_t1, row.div, row.qa};
+    for (int k = 0; k < math::kDistillRowStats; ++k) row_stats[k] = values[k];
+    out.counted[r] = true;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) distill_backward_kernel(
+    const acc_t* __restrict__ grad_loss, const scalar_t* __restrict__ student, int64_t s_stride,
+    const scalar_t* __restrict__ teacher, int64_t t_stride, const int64_t* __restrict__ target,
+    const acc_t* __restrict__ stats, const bool* __restrict__ counted, DistillParams<acc_t> prm,
+    scalar_t* __restrict__ grad) {
+  const int64_t r = blockIdx.x;
+  const int64_t vocab = prm.vocab;
+  scalar_t* out = grad + r * vocab;
+  if (!counted[r]) {
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) out[j] = scalar_t(0);
+    return;
+  }
+  const acc_t* st = stats + r * math::kDistillRowStats;
+  const DistillRow<acc_t> row{st[0], st[1], st[2], st[3], st[4], st[5]};
+  const scalar_t* s = student + r * s_stride;
+  const scalar_t* t = teacher + r * t_stride;
+  const int64_t y = prm.has_target ? target[r] : -1;
+  const acc_t g_hard = grad_loss[r] * prm.hard_weight, g_soft = grad_loss[r] * prm.soft_weight;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const acc_t sj = static_cast<acc_t>(s[j]);
+    acc_t log_p, log_q;
+    math::distill_logs(prm, row, sj, static_cast<acc_t>(t[j]), log_p, log_q);
+    acc_t v = g_soft * math::distill_soft_grad(prm, row, log_p, log_q);
+    if (g_hard != acc_t(0)) v += g_hard * (exp(sj - row.lse_s1) - (j == y ? acc_t(1) : acc_t(0)));
+    out[j] = static_cast<scalar_t>(v);
+  }
+}
+
+DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teacher,
+                               const std::optional<at::Tensor>& target, std::string method, double temperature,
+                               double beta, double hard_weight, double soft_weight, int64_t ignore_index) {
+  NvtxRange range("objx::distill_forward(cuda)");
+  const c10::cuda::CUDAGuard guard(student.device());
+  const auto in = prepare_distill_inputs(student, teacher, target,
+                          {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  const auto acc = prob_acc_dtype(in.student.scalar_type());
+  auto out = allocate_distill_forward(rows, in.student.options().dtype(acc));
+  if (rows == 0) return out;
+  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.distill_loss: too many rows (", rows, ")");
+  auto errors = at::full({2}, rows, in.student.options().dtype(at::kLong));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_forward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    auto& [loss, soft, hard, stats, counted] = out;
+    distill_forward_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
+        in.student.const_data_ptr<scalar_t>(), in.student.stride(0), in.teacher.const_data_ptr<scalar_t>(),
+        in.teacher.stride(0), in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
+        make_distill_params<acc_t>(in.opt, vocab, in.has_target),
+        DistillOutputs<acc_t>{loss.mutable_data_ptr<acc_t>(), soft.mutable_data_ptr<acc_t>(),
+                              hard.mutable_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>(),
+                              counted.mutable_data_ptr<bool>(),
+                              reinterpret_cast<unsigned long long*>(errors.mutable_data_ptr<int64_t>())});
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const auto host = errors.cpu();  // one read-back per call turns device findings into an error
+  const int64_t bad = host[kBadTarget].item<int64_t>(), empty = host[kEmptyRow].item<int64_t>();
+  raise_distill_row_errors(in.target, vocab, in.opt.ignore_index, bad < rows ? bad : -1, empty < rows ? empty : -1);
+  return out;
+}
+
+at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
+                            const std::optional<at::Tensor>& target, const at::Tensor& stats, const at::Tensor& counted,
+                            std::string method, double temperature, double beta, double hard_weight,
+                            double soft_weight, int64_t ignore_index) {
+  NvtxRange range("objx::distill_backward(cuda)");
+  const c10::cuda::CUDAGuard guard(student.device());
+  const auto in = prepare_distill_inputs(student, teacher, target,
+                          {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  const DistillSaved saved = prepare_distill_saved(in.student, grad_loss, stats, counted);
+  auto grad = at::empty(in.student.sizes(), in.student.options().memory_format(at::MemoryFormat::Contiguous));
+  if (rows == 0) return grad;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_backward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    distill_backward_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
+        saved.grad_loss.const_data_ptr<acc_t>(), in.student.const_data_ptr<scalar_t>(), in.student.stride(0),
+        in.teacher.const_data_ptr<scalar_t>(), in.teacher.stride(0),
+        in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr, saved.stats.const_data_ptr<acc_t>(),
+        saved.counted.const_data_ptr<bool>(), make_distill_params<acc_t>(in.opt, vocab, in.has_target),
+        grad.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(objx, CUDA, m) {
+  m.impl("distill_forward", &distill_forward);
+  m.impl("distill_backward", &distill_backward);
+}
+
+}  // namespace objx::cuda
