@@ -152,12 +152,9 @@ void backward_impl(const acc_t* grad_loss, const at::Tensor& student, const at::
   });
 }
 
-DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teacher,
-                               const std::optional<at::Tensor>& target, std::string method, double temperature,
-                               double beta, double hard_weight, double soft_weight, int64_t ignore_index) {
-  NvtxRange range("objx::distill_forward(cpu)");
-  const auto in = prepare_distill_inputs(student, teacher, target,
-                          {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+}  // namespace
+
+DistillForward distill_rows_forward(const DistillInputs& in) {
   const auto acc = prob_acc_dtype(in.student.scalar_type());
   auto out = allocate_distill_forward(in.student.size(0), in.student.options().dtype(acc));
   if (in.student.size(0) == 0) return out;
@@ -172,15 +169,8 @@ DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teac
   return out;
 }
 
-at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
-                            const std::optional<at::Tensor>& target, const at::Tensor& stats, const at::Tensor& counted,
-                            std::string method, double temperature, double beta, double hard_weight,
-                            double soft_weight, int64_t ignore_index) {
-  NvtxRange range("objx::distill_backward(cpu)");
-  const auto in = prepare_distill_inputs(student, teacher, target,
-                          {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved) {
   const int64_t rows = in.student.size(0);
-  const DistillSaved saved = prepare_distill_saved(in.student, grad_loss, stats, counted);
   auto grad = at::empty(in.student.sizes(), in.student.options().memory_format(at::MemoryFormat::Contiguous));
   if (rows == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_backward", [&] {
@@ -191,6 +181,26 @@ at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& stude
                                    make_distill_params<acc_t>(in.opt, in.student.size(1), in.has_target), grad);
   });
   return grad;
+}
+
+namespace {
+
+DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teacher,
+                               const std::optional<at::Tensor>& target, std::string method, double temperature,
+                               double beta, double hard_weight, double soft_weight, int64_t ignore_index) {
+  NvtxRange range("objx::distill_forward(cpu)");
+  return cpu::distill_rows_forward(prepare_distill_inputs(
+      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index}));
+}
+
+at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
+                            const std::optional<at::Tensor>& target, const at::Tensor& stats, const at::Tensor& counted,
+                            std::string method, double temperature, double beta, double hard_weight,
+                            double soft_weight, int64_t ignore_index) {
+  NvtxRange range("objx::distill_backward(cpu)");
+  const auto in = prepare_distill_inputs(
+      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+  return cpu::distill_rows_backward(in, prepare_distill_saved(in.student, grad_loss, stats, counted));
 }
 
 }  // namespace

@@ -134,13 +134,10 @@ __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
   }
 }
 
-DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teacher,
-                               const std::optional<at::Tensor>& target, std::string method, double temperature,
-                               double beta, double hard_weight, double soft_weight, int64_t ignore_index) {
-  NvtxRange range("objx::distill_forward(cuda)");
-  const c10::cuda::CUDAGuard guard(student.device());
-  const auto in = prepare_distill_inputs(student, teacher, target,
-                          {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+}  // namespace
+
+DistillForward distill_rows_forward(const DistillInputs& in) {
+  const c10::cuda::CUDAGuard guard(in.student.device());
   const int64_t rows = in.student.size(0), vocab = in.student.size(1);
   const auto acc = prob_acc_dtype(in.student.scalar_type());
   auto out = allocate_distill_forward(rows, in.student.options().dtype(acc));
@@ -167,16 +164,9 @@ DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teac
   return out;
 }
 
-at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
-                            const std::optional<at::Tensor>& target, const at::Tensor& stats, const at::Tensor& counted,
-                            std::string method, double temperature, double beta, double hard_weight,
-                            double soft_weight, int64_t ignore_index) {
-  NvtxRange range("objx::distill_backward(cuda)");
-  const c10::cuda::CUDAGuard guard(student.device());
-  const auto in = prepare_distill_inputs(student, teacher, target,
-                          {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved) {
+  const c10::cuda::CUDAGuard guard(in.student.device());
   const int64_t rows = in.student.size(0), vocab = in.student.size(1);
-  const DistillSaved saved = prepare_distill_saved(in.student, grad_loss, stats, counted);
   auto grad = at::empty(in.student.sizes(), in.student.options().memory_format(at::MemoryFormat::Contiguous));
   if (rows == 0) return grad;
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -191,6 +181,26 @@ at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& stude
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
+}
+
+namespace {
+
+DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teacher,
+                               const std::optional<at::Tensor>& target, std::string method, double temperature,
+                               double beta, double hard_weight, double soft_weight, int64_t ignore_index) {
+  NvtxRange range("objx::distill_forward(cuda)");
+  return cuda::distill_rows_forward(prepare_distill_inputs(
+      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index}));
+}
+
+at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
+                            const std::optional<at::Tensor>& target, const at::Tensor& stats, const at::Tensor& counted,
+                            std::string method, double temperature, double beta, double hard_weight,
+                            double soft_weight, int64_t ignore_index) {
+  NvtxRange range("objx::distill_backward(cuda)");
+  const auto in = prepare_distill_inputs(
+      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+  return cuda::distill_rows_backward(in, prepare_distill_saved(in.student, grad_loss, stats, counted));
 }
 
 }  // namespace

@@ -53,4 +53,17 @@ DistillForward allocate_distill_forward(int64_t rows, const at::TensorOptions& a
 void raise_distill_row_errors(const at::Tensor& target, int64_t vocab, int64_t ignore_index, int64_t bad_target_row,
                               int64_t empty_row);
 
+// The kernels on checked inputs (CPU and CUDA bodies; the plain names pick by device), for the ops
+// and for the fused LM-head distillation, which feeds them blocks of logits.
+DistillForward distill_rows_forward(const DistillInputs& in);
+at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved);
+namespace cpu {
+DistillForward distill_rows_forward(const DistillInputs& in);
+at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved);
+}  // namespace cpu
+namespace cuda {
+DistillForward distill_rows_forward(const DistillInputs& in);
+at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved);
+}  // namespace cuda
+
 }  // namespace objx

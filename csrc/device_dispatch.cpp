@@ -1,16 +1,17 @@
-// Device dispatch of the prob_loss tile kernels (their CPU and CUDA bodies live beside the
-// logits kernels of the same family).
+// Device dispatch of the kernels that host code (the fused LM-head losses) calls directly; their
+// CPU and CUDA bodies live beside the logits kernels of the same family.
 #include <limits>
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include "objx/distill.h"
 #include "objx/prob_loss_chunks.h"
 
 namespace objx {
 namespace {
 
-[[noreturn]] void no_cuda() {
+[[noreturn, maybe_unused]] void no_cuda() {
   TORCH_CHECK(false, "objx was built without CUDA kernels (objx.build_info()); rebuild with nvcc available");
 }
 
@@ -46,6 +47,24 @@ void prob_tile_grad(at::Tensor& tile, const at::Tensor& target, int64_t col_offs
   if (!tile.is_cuda()) return cpu::prob_tile_grad(tile, target, col_offset, saved, opt, vocab);
 #ifdef OBJX_WITH_CUDA
   cuda::prob_tile_grad(tile, target, col_offset, saved, opt, vocab);
+#else
+  no_cuda();
+#endif
+}
+
+DistillForward distill_rows_forward(const DistillInputs& in) {
+  if (!in.student.is_cuda()) return cpu::distill_rows_forward(in);
+#ifdef OBJX_WITH_CUDA
+  return cuda::distill_rows_forward(in);
+#else
+  no_cuda();
+#endif
+}
+
+at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved) {
+  if (!in.student.is_cuda()) return cpu::distill_rows_backward(in, saved);
+#ifdef OBJX_WITH_CUDA
+  return cuda::distill_rows_backward(in, saved);
 #else
   no_cuda();
 #endif
