@@ -36,4 +36,19 @@ TORCH_LIBRARY(objx, m) {
       "distill_backward(Tensor grad_loss, Tensor student_logits, Tensor teacher_logits, Tensor? target, "
       "Tensor stats, Tensor counted, str method, float temperature, float beta, float hard_weight, "
       "float soft_weight, int ignore_index) -> Tensor");
+  // SPEC §2, fused linear variant: blocks of chunk rows get their student and teacher logits from
+  // the two LM heads; the outputs are distill_forward's, plus (grad_in_forward) the student head's
+  // gradients of sum_r loss[r] in the accumulation dtype (empty otherwise).
+  m.def(
+      "linear_distill_forward(Tensor student_hidden, Tensor student_weight, Tensor? student_bias, "
+      "Tensor teacher_hidden, Tensor teacher_weight, Tensor? teacher_bias, Tensor? target, str method, "
+      "float temperature, float beta, float hard_weight, float soft_weight, int ignore_index, int row_block, "
+      "bool grad_in_forward) -> (Tensor loss, Tensor soft, Tensor hard, Tensor stats, Tensor counted, "
+      "Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "linear_distill_backward(Tensor grad_loss, Tensor student_hidden, Tensor student_weight, "
+      "Tensor? student_bias, Tensor teacher_hidden, Tensor teacher_weight, Tensor? teacher_bias, Tensor? target, "
+      "Tensor stats, Tensor counted, str method, float temperature, float beta, float hard_weight, "
+      "float soft_weight, int ignore_index, int row_block) -> (Tensor grad_hidden, Tensor grad_weight, "
+      "Tensor grad_bias)");
 }

@@ -64,6 +64,31 @@ torch.library.register_autograd("objx::prob_loss_forward", _prob_loss_backward,
                                 setup_context=_prob_loss_setup_context)
 
 
+def _scale_forward_grads(ctx, grad_loss, fn):
+    """The gradients a fused forward computed for sum_r loss[r], scaled by the upstream gradient.
+
+    A "mean"/"sum" reduction hands every row the same upstream gradient, so the weight's and bias'
+    scale by one number. Eagerly they are scaled in place and handed over (no second [V, D]
+    buffer), so the backward can run only once; a traced graph (torch.compile) scales its saved
+    copies out of place.
+    """
+    hidden_dtype, weight_dtype = ctx.dtypes
+    scale = grad_loss[:1].sum()  # 0 for an empty batch, no device sync
+    if hasattr(ctx, "forward_grads"):
+        if ctx.forward_grads is None:
+            raise RuntimeError(f"{fn}: with grad_in_forward=True the backward can run only once "
+                               "(retain_graph); pass grad_in_forward=False to differentiate twice")
+        grad_hidden, grad_weight, grad_bias = ctx.forward_grads
+        ctx.forward_grads = None
+        grad_hidden, grad_weight, grad_bias = (grad_hidden.mul_(grad_loss[:, None]), grad_weight.mul_(scale),
+                                               grad_bias.mul_(scale))
+    else:
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_bias = grad_hidden * grad_loss[:, None], grad_weight * scale, grad_bias * scale
+    return (grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype),
+            grad_bias.to(weight_dtype) if ctx.has_bias else None)
+
+
 # --- linear_prob_loss (fused LM head) -------------------------------------------------------
 
 @torch.library.register_fake("objx::linear_prob_loss_forward")
@@ -113,32 +138,10 @@ def _linear_prob_loss_setup_context(ctx, inputs, output):
 
 
 def _linear_prob_loss_backward(ctx, grad_loss, *_unused):
-    hidden_dtype, weight_dtype = ctx.dtypes
     if grad_loss is None:  # the loss itself does not reach the differentiated output
         return (None,) * 14
     if ctx.grad_in_forward:
-        # The forward computed the gradients of sum_r loss[r]; a "mean"/"sum" reduction hands every
-        # row the same upstream gradient, so the weight's and bias' scale by one number. Eagerly
-        # they are scaled in place and handed over (no second [V, D] buffer), so this backward can
-        # run only once; a traced graph (torch.compile) scales its saved copies out of place.
-        scale = grad_loss[:1].sum()  # 0 for an empty batch, no device sync
-        if hasattr(ctx, "forward_grads"):
-            if ctx.forward_grads is None:
-                raise RuntimeError("objx.linear_prob_loss: with grad_in_forward=True the backward can run only "
-                                   "once (retain_graph); pass grad_in_forward=False to differentiate twice")
-            grad_hidden, grad_weight, grad_bias = ctx.forward_grads
-            ctx.forward_grads = None
-            grad_hidden = grad_hidden.mul_(grad_loss[:, None])
-            grad_weight = grad_weight.mul_(scale)
-            grad_bias = grad_bias.mul_(scale)
-        else:
-            grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-            grad_hidden = grad_hidden * grad_loss[:, None]
-            grad_weight = grad_weight * scale
-            grad_bias = grad_bias * scale
-        grad_hidden = grad_hidden.to(hidden_dtype)
-        grad_weight = grad_weight.to(weight_dtype)
-        grad_bias = grad_bias.to(weight_dtype) if ctx.has_bias else None
+        grad_hidden, grad_weight, grad_bias = _scale_forward_grads(ctx, grad_loss, "objx.linear_prob_loss")
     else:
         hidden, weight, bias, target, lse, token_logprob, counted = ctx.saved_tensors
         grad_hidden, grad_weight, grad_bias = _lib.linear_prob_loss_backward(
@@ -190,3 +193,65 @@ def _distill_backward(ctx, grad_loss, *_unused):
 
 
 torch.library.register_autograd("objx::distill_forward", _distill_backward, setup_context=_distill_setup_context)
+
+
+# --- linear_distill (distillation fused with both LM heads) ---------------------------------
+
+@torch.library.register_fake("objx::linear_distill_forward")
+def _linear_distill_forward_fake(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
+                                 teacher_bias, target, method, temperature, beta, hard_weight, soft_weight,
+                                 ignore_index, row_block, grad_in_forward):
+    rows, vocab, dim = student_hidden.shape[0], student_weight.shape[0], student_weight.shape[1]
+    acc = _acc_dtype(student_hidden.dtype)
+    new = student_hidden.new_empty
+    outs = [new(rows, dtype=acc), new(rows, dtype=acc), new(rows, dtype=acc), new(rows, 6, dtype=acc),
+            new(rows, dtype=torch.bool)]
+    if grad_in_forward:
+        outs += [new(rows, dim, dtype=acc), new(vocab, dim, dtype=acc),
+                 new(vocab if student_bias is not None else 0, dtype=acc)]
+    else:
+        outs += [new(0, dtype=acc) for _ in range(3)]
+    return tuple(outs)
+
+
+@torch.library.register_fake("objx::linear_distill_backward")
+def _linear_distill_backward_fake(grad_loss, student_hidden, student_weight, student_bias, *_rest):
+    return (torch.empty_like(student_hidden), torch.empty_like(student_weight),
+            student_weight.new_empty(student_weight.shape[0] if student_bias is not None else 0))
+
+
+def _linear_distill_setup_context(ctx, inputs, output):
+    (student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, target,
+     *options) = inputs
+    _loss, soft, hard, stats, counted, grad_hidden, grad_weight, grad_bias = output
+    grad_in_forward = options[-1]
+    ctx.grad_in_forward = grad_in_forward
+    ctx.has_bias = student_bias is not None
+    ctx.dtypes = (student_hidden.dtype, student_weight.dtype)
+    if grad_in_forward and not _is_traced(grad_weight):
+        ctx.forward_grads = [grad_hidden, grad_weight, grad_bias]  # handed to .grad in the backward
+    elif grad_in_forward:
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+    else:
+        ctx.save_for_backward(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
+                              teacher_bias, target, stats, counted)
+    ctx.options = tuple(options[:-1])
+    ctx.mark_non_differentiable(soft, hard, stats, counted, grad_hidden, grad_weight, grad_bias)
+    ctx.set_materialize_grads(False)
+
+
+def _linear_distill_backward(ctx, grad_loss, *_unused):
+    if grad_loss is None:
+        return (None,) * 15
+    if ctx.grad_in_forward:
+        grads = _scale_forward_grads(ctx, grad_loss, "objx.linear_distill_loss")
+    else:
+        saved = ctx.saved_tensors
+        grads = _lib.linear_distill_backward(grad_loss, *saved, *ctx.options)
+        if not ctx.has_bias:
+            grads = (grads[0], grads[1], None)
+    return tuple(grads) + (None,) * 12  # the teacher never receives a gradient
+
+
+torch.library.register_autograd("objx::linear_distill_forward", _linear_distill_backward,
+                                setup_context=_linear_distill_setup_context)

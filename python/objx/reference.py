@@ -122,3 +122,15 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
         hard = torch.zeros_like(soft)
     rows = torch.where(counted, hard_weight * hard + soft_weight * soft, torch.zeros_like(soft))
     return reduce_rows(rows, counted, reduction, shape)
+
+
+def linear_distill_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, target=None, *,
+                        student_bias=None, teacher_bias=None, dtype: torch.dtype = torch.float64, **kwargs):
+    """SPEC §2 fused linear variant with both logits tensors built whole."""
+    s = student_hidden.to(dtype) @ student_weight.to(dtype).T
+    t = teacher_hidden.to(dtype) @ teacher_weight.to(dtype).T
+    if student_bias is not None:
+        s = s + student_bias.to(dtype)
+    if teacher_bias is not None:
+        t = t + teacher_bias.to(dtype)
+    return distill_loss(s, t, target, dtype=dtype, **kwargs)
