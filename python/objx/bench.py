@@ -20,6 +20,8 @@ from . import eager, reference
 from ._build import build_info
 from ._memory import peak_extra_bytes
 from .objective import Objective
+from .distill import distill_loss
+from .linear_distill import linear_distill_loss
 from .linear_prob_loss import linear_prob_loss
 from .prob_loss import prob_loss
 
@@ -28,6 +30,12 @@ DEFAULT_OBJECTIVES = ["nll", "-p", "-p^10", "log1m", "-log p·1[p≥0.2]"]
 DEFAULT_SHAPES = {"cpu": [(2048, 32000)], "cuda": [(8192, 128256), (8192, 256000)]}
 DEFAULT_LINEAR_SHAPES = {"cpu": [(1024, 512, 32000)], "cuda": [(8192, 4096, 128256), (8192, 2304, 256000)]}
 DEFAULT_LINEAR_OBJECTIVES = ["nll", "-p"]
+# Distillation (logits N x V, fused N x D x V) and its methods, at temperature DISTILL_T.
+DEFAULT_DISTILL_SHAPES = {"cpu": [(1024, 32000)], "cuda": [(8192, 128256)]}
+DEFAULT_LINEAR_DISTILL_SHAPES = {"cpu": [(512, 512, 32000)], "cuda": [(8192, 2304, 256000)]}
+DEFAULT_METHODS = ["ttm", "wttm", "jsd"]
+DEFAULT_LINEAR_METHODS = ["ttm"]
+DISTILL_T = 2.0
 DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 DEFAULT_REPEATS = {"cpu": 5, "cuda": 20}
 # SPEC §5 tolerances (loss and gradient) by input dtype.
@@ -37,7 +45,7 @@ CHECK_ROWS = 256
 
 @dataclass
 class Result:
-    family: str  # "logits" (prob_loss) or "linear" (fused LM head)
+    family: str  # "logits"/"linear" (SFT objectives), "distill"/"linear-distill" (distillation)
     impl: str
     objective: str
     shape: str
@@ -76,6 +84,23 @@ def make_head(rows: int, dim: int, vocab: int, dtype: torch.dtype, device: torch
     return (hidden.to(dtype), weight.to(dtype)), target
 
 
+def make_distill(rows: int, vocab: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """Student logits (differentiable) and teacher logits that partly agree, with targets."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    teacher = torch.randn(rows, vocab, device=device, generator=g) * 2
+    student = 0.6 * teacher + torch.randn(rows, vocab, device=device, generator=g) * 1.6
+    target = _targets(rows, vocab, device, g)
+    return (student.to(dtype),), (teacher.to(dtype), target)
+
+
+def make_two_heads(rows: int, dim: int, vocab: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """Student hidden + head (differentiable) and a teacher's hidden + head of the same width."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    f = lambda *shape, s=1.0: (torch.randn(*shape, device=device, generator=g) * s).to(dtype)  # noqa: E731
+    target = _targets(rows, vocab, device, g)
+    return (f(rows, dim), f(vocab, dim, s=2 * dim ** -0.5)), (f(rows, dim), f(vocab, dim, s=2 * dim ** -0.5), target)
+
+
 def _rel(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
@@ -83,6 +108,8 @@ def _rel(a, b):
 
 def check_against_reference(family: str, objective: Objective, bases, target) -> float:
     """Max relative error of objx's per-row losses and every gradient on a sample of rows."""
+    if family in ("distill", "linear-distill"):
+        return _check_distill(family, objective, bases, target)
     idx = torch.randperm(target.shape[0], generator=torch.Generator().manual_seed(1))[:CHECK_ROWS]
     idx = idx.to(target.device)
     y = target[idx]
@@ -99,6 +126,55 @@ def check_against_reference(family: str, objective: Objective, bases, target) ->
     ours.sum().backward()
     ref.sum().backward()
     return max([_rel(ours, ref)] + [_rel(a.grad, b.grad) for a, b in zip(ours_in, ref_in)])
+
+
+def _check_distill(family, method, bases, extra) -> float:
+    """Max relative error of objx's per-row distillation losses and student gradients on sampled rows."""
+    target = extra[-1]
+    idx = torch.randperm(target.shape[0], generator=torch.Generator().manual_seed(1))[:CHECK_ROWS].to(target.device)
+    y = target[idx]
+    kw = dict(method=method, temperature=DISTILL_T, reduction="none")
+    if family == "distill":
+        bases, fixed = (bases[0][idx],), (extra[0][idx],)
+        ours_fn = lambda s, t, y_: distill_loss(s, t, y_, **kw)  # noqa: E731
+        ref_fn = lambda s, t, y_: reference.distill_loss(s, t, y_, **kw)  # noqa: E731
+    else:
+        bases, fixed = (bases[0][idx], bases[1]), (extra[0][idx], extra[1])
+        ours_fn = lambda h, w, th, tw, y_: linear_distill_loss(h, w, th, tw, y_, grad_in_forward=False, **kw)  # noqa: E731
+        ref_fn = lambda h, w, th, tw, y_: reference.linear_distill_loss(h, w, th, tw, y_, **kw)  # noqa: E731
+    ours_in = [b.detach().clone().requires_grad_() for b in bases]
+    ref_in = [b.detach().double().cpu().requires_grad_() for b in bases]
+    ours = ours_fn(*ours_in, *fixed, y)
+    ref = ref_fn(*ref_in, *[f.double().cpu() for f in fixed], y.cpu())
+    ours.sum().backward()
+    ref.sum().backward()
+    return max([_rel(ours, ref)] + [_rel(a.grad, b.grad) for a, b in zip(ours_in, ref_in)])
+
+
+def distill_implementations(method: str, device: torch.device, use_compile: bool) -> dict:
+    """name -> (callable(student, teacher, target) -> loss, needs a fresh copy of the input)."""
+    kw = dict(method=method, temperature=DISTILL_T)
+    eager_fn = lambda s, t, y: reference.distill_loss(s, t, y, dtype=torch.float32, **kw)  # noqa: E731
+    impls = {"objx": (lambda s, t, y: distill_loss(s, t, y, **kw), False), "eager": (eager_fn, False)}
+    if use_compile:
+        impls["compile"] = (torch.compile(eager_fn), False)
+    return impls
+
+
+def linear_distill_implementations(method: str, device: torch.device, use_compile: bool) -> dict:
+    """name -> (callable(student_hidden, student_weight, teacher_hidden, teacher_weight, target) -> loss, ...)."""
+    kw = dict(method=method, temperature=DISTILL_T)
+    eager_fn = lambda h, w, th, tw, y: reference.distill_loss(h @ w.T, th @ tw.T, y, dtype=torch.float32, **kw)  # noqa: E731
+    impls = {
+        "objx": (lambda h, w, th, tw, y: linear_distill_loss(h, w, th, tw, y, **kw), False),
+        "objx-recompute": (lambda h, w, th, tw, y: linear_distill_loss(h, w, th, tw, y, grad_in_forward=False, **kw),
+                           False),
+        "logits+objx": (lambda h, w, th, tw, y: distill_loss(h @ w.T, th @ tw.T, y, **kw), False),
+        "eager": (eager_fn, False),
+    }
+    if use_compile:
+        impls["compile"] = (torch.compile(eager_fn), False)
+    return impls
 
 
 def _peer_cross_entropy(device):
@@ -162,9 +238,14 @@ def _leaves(bases, clone_input: bool):
     return [(b.detach().clone() if clone_input else b.detach()).requires_grad_() for b in bases]
 
 
+def _extra(target):
+    """The non-differentiable inputs after the differentiable ones: a target, or (teacher..., target)."""
+    return target if isinstance(target, tuple) else (target,)
+
+
 def fwd_bwd_once(fn, bases, target, clone_input: bool):
     leaves = _leaves(bases, clone_input)
-    loss = fn(*leaves, target)
+    loss = fn(*leaves, *_extra(target))
     loss.backward()
     return loss.detach(), [x.grad for x in leaves]
 
@@ -176,7 +257,7 @@ def time_fwd_bwd(fn, bases, target, repeats: int, clone_input: bool) -> float:
         leaves = _leaves(bases, clone_input)
         _sync(device)
         t0 = time.perf_counter()
-        fn(*leaves, target).backward()
+        fn(*leaves, *_extra(target)).backward()
         _sync(device)
         times.append(time.perf_counter() - t0)
         del leaves
@@ -187,15 +268,21 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
     if family == "logits":
         bases, target = make_logits(*shape, dt, dev)
         impls = logits_implementations(objective, dev, use_compile)
-    else:
+    elif family == "linear":
         bases, target = make_head(*shape, dt, dev)
         impls = linear_implementations(objective, dev, use_compile)
+    elif family == "distill":
+        bases, target = make_distill(*shape, dt, dev)
+        impls = distill_implementations(objective, dev, use_compile)
+    else:
+        bases, target = make_two_heads(*shape, dt, dev)
+        impls = linear_distill_implementations(objective, dev, use_compile)
     shape_s = "x".join(str(v) for v in shape)
     dtype_s = str(dt).split(".")[-1]
     results, objx_loss = [], None
     for name, (fn, clone_input) in impls.items():
         if bar is not None:
-            bar.set_postfix_str(f"{family} {objective.name} {name} {shape_s}")
+            bar.set_postfix_str(f"{family} {getattr(objective, 'name', objective)} {name} {shape_s}")
         note = ""
         try:
             loss, _ = fwd_bwd_once(fn, bases, target, clone_input)  # warm-up (and compile)
@@ -203,7 +290,7 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
             median = time_fwd_bwd(fn, bases, target, repeats, clone_input)
             peak = peak_extra_bytes(lambda: fwd_bwd_once(fn, bases, target, clone_input), dev)
         except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
-            results.append(Result(family, name, objective.name, shape_s, dtype_s, None, None, None,
+            results.append(Result(family, name, getattr(objective, "name", objective), shape_s, dtype_s, None, None, None,
                                   not name.startswith("objx"), f"failed: {type(e).__name__}: {e}"[:200]))
             continue
         if name == "objx":
@@ -217,21 +304,27 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
             ok = not name.startswith("objx") or check <= max(TOLERANCE[dt], 1e-5)
             if check > TOLERANCE[dt]:
                 note = "loss differs from objx (objx is checked against float64)"
-        results.append(Result(family, name, objective.name, shape_s, dtype_s, median * 1e3,
+        results.append(Result(family, name, getattr(objective, "name", objective), shape_s, dtype_s, median * 1e3,
                               None if peak is None else peak / 2**20, check, ok, note))
     return results
 
 
 def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, objectives=None,
-        repeats: int = None, use_compile: bool = True, progress: bool = True) -> list[Result]:
+        repeats: int = None, use_compile: bool = True, progress: bool = True, distill_shapes=None,
+        linear_distill_shapes=None, methods=None) -> list[Result]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = getattr(torch, dtype or DEFAULT_DTYPES[dev.type])
     repeats = repeats or DEFAULT_REPEATS[dev.type]
-    if shapes is None and linear_shapes is None:
+    if all(x is None for x in (shapes, linear_shapes, distill_shapes, linear_distill_shapes)):
         shapes, linear_shapes = DEFAULT_SHAPES[dev.type], DEFAULT_LINEAR_SHAPES[dev.type]
+        distill_shapes = DEFAULT_DISTILL_SHAPES[dev.type]
+        linear_distill_shapes = DEFAULT_LINEAR_DISTILL_SHAPES[dev.type]
     cases = [("logits", s, Objective.parse(o)) for s in (shapes or []) for o in (objectives or DEFAULT_OBJECTIVES)]
     cases += [("linear", s, Objective.parse(o)) for s in (linear_shapes or [])
               for o in (objectives or DEFAULT_LINEAR_OBJECTIVES)]
+    cases += [("distill", s, m) for s in (distill_shapes or []) for m in (methods or DEFAULT_METHODS)]
+    cases += [("linear-distill", s, m) for s in (linear_distill_shapes or [])
+              for m in (methods or DEFAULT_LINEAR_METHODS)]
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -247,7 +340,7 @@ def format_table(results: list[Result]) -> str:
     by_case = {}
     for r in results:
         by_case.setdefault((r.family, r.objective, r.shape, r.dtype), {})[r.impl] = r
-    head = (f"{'family':<7} {'objective':<16} {'shape':<18} {'dtype':<9} {'impl':<12} {'median ms':>10} "
+    head = (f"{'family':<14} {'objective':<16} {'shape':<18} {'dtype':<9} {'impl':<12} {'median ms':>10} "
             f"{'peak MB':>9} {'time/objx':>9} {'mem/objx':>9} {'check':>9}  ok")
     lines = [head, "-" * len(head)]
     for (family, objective, shape, dtype), impls in by_case.items():
@@ -258,7 +351,7 @@ def format_table(results: list[Result]) -> str:
             ms = f"{r.median_ms:.2f}" if r.median_ms is not None else "-"
             mb = f"{r.peak_mb:.1f}" if r.peak_mb is not None else "-"
             chk = f"{r.check:.1e}" if r.check is not None else "-"
-            lines.append(f"{family:<7} {objective:<16} {shape:<18} {dtype:<9} {r.impl:<12} {ms:>10} {mb:>9} "
+            lines.append(f"{family:<14} {objective:<16} {shape:<18} {dtype:<9} {r.impl:<12} {ms:>10} {mb:>9} "
                          f"{t_ratio:>9} {m_ratio:>9} {chk:>9}  {'ok' if r.ok else 'FAIL'}"
                          + (f"  {r.note}" if r.note else ""))
     return "\n".join(lines)
@@ -281,7 +374,8 @@ def main(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     parse = lambda specs: [tuple(int(v) for v in s.lower().split("x")) for s in specs] if specs else None  # noqa: E731
     results = run(device, parse(args.shape), parse(args.linear_shape), args.dtype, args.objective, args.repeats,
-                  not args.no_compile, progress=not args.quiet)
+                  not args.no_compile, progress=not args.quiet, distill_shapes=parse(args.distill_shape),
+                  linear_distill_shapes=parse(args.linear_distill_shape), methods=args.method)
     env = environment(device)
     print(f"objx bench on {env['device_name']} ({device}, {env['cpu_threads']} CPU threads), "
           f"fwd+bwd, median of {args.repeats or DEFAULT_REPEATS[torch.device(device).type]} runs; "

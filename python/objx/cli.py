@@ -14,8 +14,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "8192x128256 and 8192x256000 on CUDA)")
     bench.add_argument("--linear-shape", action="append", metavar="NxDxV",
                        help="fused LM-head rows x hidden x vocabulary, repeatable (default: 1024x512x32000 on CPU; "
-                            "8192x4096x128256 and 8192x2304x256000 on CUDA). Giving only --shape or only "
-                            "--linear-shape runs only that family")
+                            "8192x4096x128256 and 8192x2304x256000 on CUDA). Giving any shape option runs only "
+                            "the families given")
+    bench.add_argument("--distill-shape", action="append", metavar="NxV",
+                       help="distillation on logits (default: 1024x32000 on CPU, 8192x128256 on CUDA)")
+    bench.add_argument("--linear-distill-shape", action="append", metavar="NxDxV",
+                       help="distillation fused with both LM heads (default: 512x512x32000 on CPU, "
+                            "8192x2304x256000 on CUDA)")
+    bench.add_argument("--method", action="append",
+                       help="distillation method, repeatable (default: ttm, wttm, jsd on logits; ttm fused)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"],
                        help="logits dtype (default: float32 on CPU, bfloat16 on CUDA)")
     bench.add_argument("--objective", action="append", help="objective to run, repeatable (default: all on logits; nll and -p fused)")
