@@ -34,7 +34,7 @@ DEFAULT_LINEAR_OBJECTIVES = ["nll", "-p"]
 DEFAULT_DISTILL_SHAPES = {"cpu": [(1024, 32000)], "cuda": [(8192, 128256)]}
 DEFAULT_LINEAR_DISTILL_SHAPES = {"cpu": [(512, 512, 32000)], "cuda": [(8192, 2304, 256000)]}
 DEFAULT_METHODS = ["ttm", "wttm", "jsd"]
-DEFAULT_LINEAR_METHODS = ["ttm"]
+DEFAULT_LINEAR_METHODS = {"cpu": ["ttm"], "cuda": ["ttm", "jsd"]}
 DISTILL_T = 2.0
 DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 DEFAULT_REPEATS = {"cpu": 5, "cuda": 20}
@@ -174,6 +174,16 @@ def linear_distill_implementations(method: str, device: torch.device, use_compil
     }
     if use_compile:
         impls["compile"] = (torch.compile(eager_fn), False)
+    if device.type == "cuda" and method == "jsd":
+        try:
+            from liger_kernel.transformers import LigerFusedLinearJSDLoss
+
+            # Liger's fused JSD (soft term only here; its beta convention matches SPEC's jsd).
+            liger = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=0.5,
+                                            temperature=DISTILL_T)
+            impls["liger"] = (lambda h, w, th, tw, y: liger(h, w, th, tw, y), False)
+        except Exception:  # noqa: BLE001 - optional peer
+            pass
     return impls
 
 
@@ -324,7 +334,7 @@ def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, 
               for o in (objectives or DEFAULT_LINEAR_OBJECTIVES)]
     cases += [("distill", s, m) for s in (distill_shapes or []) for m in (methods or DEFAULT_METHODS)]
     cases += [("linear-distill", s, m) for s in (linear_distill_shapes or [])
-              for m in (methods or DEFAULT_LINEAR_METHODS)]
+              for m in (methods or DEFAULT_LINEAR_METHODS[dev.type])]
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
