@@ -8,13 +8,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include "objx/distill.h"
 #include "objx/prob_loss.h"
 #include "objx/math/distill.h"
 #include "objx/math/online_lse.h"
-#include "objx/nvtx.h"
 #include "vec_row.h"
 
 namespace objx::cpu {
@@ -181,33 +179,6 @@ at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& sa
                                    make_distill_params<acc_t>(in.opt, in.student.size(1), in.has_target), grad);
   });
   return grad;
-}
-
-namespace {
-
-DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teacher,
-                               const std::optional<at::Tensor>& target, std::string method, double temperature,
-                               double beta, double hard_weight, double soft_weight, int64_t ignore_index) {
-  NvtxRange range("objx::distill_forward(cpu)");
-  return cpu::distill_rows_forward(prepare_distill_inputs(
-      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index}));
-}
-
-at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
-                            const std::optional<at::Tensor>& target, const at::Tensor& stats, const at::Tensor& counted,
-                            std::string method, double temperature, double beta, double hard_weight,
-                            double soft_weight, int64_t ignore_index) {
-  NvtxRange range("objx::distill_backward(cpu)");
-  const auto in = prepare_distill_inputs(
-      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
-  return cpu::distill_rows_backward(in, prepare_distill_saved(in.student, grad_loss, stats, counted));
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(objx, CPU, m) {
-  m.impl("distill_forward", &distill_forward);
-  m.impl("distill_backward", &distill_backward);
 }
 
 }  // namespace objx::cpu

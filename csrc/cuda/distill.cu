@@ -8,14 +8,12 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include "block_reduce.cuh"
 #include "objx/distill.h"
 #include "objx/prob_loss.h"
 #include "objx/math/distill.h"
 #include "objx/math/online_lse.h"
-#include "objx/nvtx.h"
 
 namespace objx::cuda {
 namespace {
@@ -181,33 +179,6 @@ at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& sa
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
-}
-
-namespace {
-
-DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teacher,
-                               const std::optional<at::Tensor>& target, std::string method, double temperature,
-                               double beta, double hard_weight, double soft_weight, int64_t ignore_index) {
-  NvtxRange range("objx::distill_forward(cuda)");
-  return cuda::distill_rows_forward(prepare_distill_inputs(
-      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index}));
-}
-
-at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& student, const at::Tensor& teacher,
-                            const std::optional<at::Tensor>& target, const at::Tensor& stats, const at::Tensor& counted,
-                            std::string method, double temperature, double beta, double hard_weight,
-                            double soft_weight, int64_t ignore_index) {
-  NvtxRange range("objx::distill_backward(cuda)");
-  const auto in = prepare_distill_inputs(
-      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
-  return cuda::distill_rows_backward(in, prepare_distill_saved(in.student, grad_loss, stats, counted));
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(objx, CUDA, m) {
-  m.impl("distill_forward", &distill_forward);
-  m.impl("distill_backward", &distill_backward);
 }
 
 }  // namespace objx::cuda
