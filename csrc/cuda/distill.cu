@@ -116,20 +116,14 @@ __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
     for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) out[j] = scalar_t(0);
     return;
   }
-  const acc_t* st = stats + r * math::kDistillRowStats;
-  const DistillRow<acc_t> row{st[0], st[1], st[2], st[3], st[4], st[5]};
+  const DistillRow<acc_t> row = math::distill_row_from(stats + r * math::kDistillRowStats);
   const scalar_t* s = student + r * s_stride;
   const scalar_t* t = teacher + r * t_stride;
   const int64_t y = prm.has_target ? target[r] : -1;
   const acc_t g_hard = grad_loss[r] * prm.hard_weight, g_soft = grad_loss[r] * prm.soft_weight;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const acc_t sj = static_cast<acc_t>(s[j]);
-    acc_t log_p, log_q;
-    math::distill_logs(prm, row, sj, static_cast<acc_t>(t[j]), log_p, log_q);
-    acc_t v = g_soft * math::distill_soft_grad(prm, row, log_p, log_q);
-    if (g_hard != acc_t(0)) v += g_hard * (exp(sj - row.lse_s1) - (j == y ? acc_t(1) : acc_t(0)));
-    out[j] = static_cast<scalar_t>(v);
-  }
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
+    out[j] = static_cast<scalar_t>(math::distill_entry_grad(prm, row, static_cast<acc_t>(s[j]),
+                                                            static_cast<acc_t>(t[j]), j == y, g_hard, g_soft));
 }
 
 }  // namespace

@@ -130,4 +130,22 @@ OBJX_HD acc_t distill_soft_grad(const DistillParams<acc_t>& prm, const DistillRo
   }
 }
 
+// The saved per-row scalars (a [N, kDistillRowStats] row) as a DistillRow.
+template <typename acc_t>
+OBJX_HD DistillRow<acc_t> distill_row_from(const acc_t* st) {
+  return {st[0], st[1], st[2], st[3], st[4], st[5]};
+}
+
+// d loss / d s_j of one entry: g_soft * d soft / d s_j + g_hard * (softmax(s)_j - [j = y]).
+template <typename acc_t>
+OBJX_HD acc_t distill_entry_grad(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, acc_t s, acc_t t,
+                                 bool is_target, acc_t g_hard, acc_t g_soft) {
+  using std::exp;
+  acc_t log_p, log_q;
+  distill_logs(prm, row, s, t, log_p, log_q);
+  acc_t v = g_soft * distill_soft_grad(prm, row, log_p, log_q);
+  if (g_hard != acc_t(0)) v += g_hard * (exp(s - row.lse_s1) - (is_target ? acc_t(1) : acc_t(0)));
+  return v;
+}
+
 }  // namespace objx::math
