@@ -51,4 +51,12 @@ TORCH_LIBRARY(objx, m) {
       "Tensor stats, Tensor counted, str method, float temperature, float beta, float hard_weight, "
       "float soft_weight, int ignore_index, int row_block) -> (Tensor grad_hidden, Tensor grad_weight, "
       "Tensor grad_bias)");
+  // SPEC §3.4: per-row divergence D(softmax(policy) || softmax(ref)) (0 where mask is false) and
+  // the [N, 4] row statistics of the backward; the reference gets no gradient.
+  m.def(
+      "vocab_divergence_forward(Tensor policy_logits, Tensor ref_logits, str kind, float div_alpha, "
+      "Tensor? mask) -> (Tensor div, Tensor stats)");
+  m.def(
+      "vocab_divergence_backward(Tensor grad_div, Tensor policy_logits, Tensor ref_logits, Tensor stats, "
+      "str kind, float div_alpha, Tensor? mask) -> Tensor");
 }

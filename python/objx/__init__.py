@@ -7,9 +7,10 @@ from .distill import DistillLoss, distill_loss
 from .linear_distill import LinearDistillLoss, linear_distill_loss
 from .linear_prob_loss import LinearProbLoss, linear_prob_loss, linear_token_logprobs
 from .prob_loss import ProbLoss, prob_loss
+from .vocab_divergence import vocab_divergence
 from . import reference
 
 __version__ = build_info()["version"]
 
 __all__ = ["DistillLoss", "LinearDistillLoss", "LinearProbLoss", "Objective", "ProbLoss", "build_info", "distill_loss", "linear_distill_loss", "linear_prob_loss",
-           "linear_token_logprobs", "prob_loss", "reference"]
+           "linear_token_logprobs", "prob_loss", "reference", "vocab_divergence"]

@@ -255,3 +255,39 @@ def _linear_distill_backward(ctx, grad_loss, *_unused):
 
 torch.library.register_autograd("objx::linear_distill_forward", _linear_distill_backward,
                                 setup_context=_linear_distill_setup_context)
+
+
+# --- vocab_divergence (SPEC §3.4) -------------------------------------------------------------
+
+@torch.library.register_fake("objx::vocab_divergence_forward")
+def _vocab_divergence_forward_fake(policy_logits, ref_logits, kind, div_alpha, mask):
+    torch._check(policy_logits.dim() == 2, lambda: "objx.vocab_divergence: policy_logits must be 2-D [N, V]")
+    rows = policy_logits.shape[0]
+    acc = _acc_dtype(policy_logits.dtype)
+    return policy_logits.new_empty(rows, dtype=acc), policy_logits.new_empty(rows, 4, dtype=acc)
+
+
+@torch.library.register_fake("objx::vocab_divergence_backward")
+def _vocab_divergence_backward_fake(grad_div, policy_logits, ref_logits, stats, kind, div_alpha, mask):
+    return torch.empty_like(policy_logits, memory_format=torch.contiguous_format)
+
+
+def _vocab_divergence_setup_context(ctx, inputs, output):
+    policy, ref, kind, div_alpha, mask = inputs
+    _div, stats = output
+    ctx.save_for_backward(policy, ref, stats, mask)
+    ctx.options = (kind, div_alpha)
+    ctx.mark_non_differentiable(stats)
+    ctx.set_materialize_grads(False)
+
+
+def _vocab_divergence_backward(ctx, grad_div, _grad_stats):
+    policy, ref, stats, mask = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0] and grad_div is not None:
+        grad = _lib.vocab_divergence_backward(grad_div, policy, ref, stats, *ctx.options, mask)
+    return grad, None, None, None, None  # the reference never receives a gradient
+
+
+torch.library.register_autograd("objx::vocab_divergence_forward", _vocab_divergence_backward,
+                                setup_context=_vocab_divergence_setup_context)

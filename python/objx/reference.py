@@ -134,3 +134,48 @@ def linear_distill_loss(student_hidden, student_weight, teacher_hidden, teacher_
     if teacher_bias is not None:
         t = t + teacher_bias.to(dtype)
     return distill_loss(s, t, target, dtype=dtype, **kwargs)
+
+
+def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind: str = "kl", *,
+                     div_alpha: float = 0.5, mask: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float64):
+    """SPEC §3.4 with full softmaxes, in `dtype`; the reference is detached."""
+    lp = torch.log_softmax(policy_logits.to(dtype), -1)
+    lq = torch.log_softmax(ref_logits.to(dtype).detach(), -1)
+    ninf = float("-inf")
+
+    # Entries where x = 0 contribute 0; their logs are replaced by 0 before the arithmetic so that
+    # no inf - inf reaches autograd through the branch torch.where discards.
+    def xlog(log_x, log_y):  # sum x (log x - log y), 0 log 0 = 0
+        zero = log_x == ninf
+        lx, ly = torch.where(zero, 0.0, log_x), torch.where(zero, 0.0, log_y)
+        return torch.where(zero, torch.zeros_like(lx), lx.exp() * (lx - ly)).sum(-1)
+
+    def power_mean(a):  # sum p^a q^(1-a); 0 outside both supports, and where p = 0 for a > 0
+        zero = (lp == ninf) & ((lq == ninf) | (a > 0))
+        lx, ly = torch.where(zero, 0.0, lp), torch.where(zero, 0.0, lq)
+        return torch.where(zero, torch.zeros_like(lx), torch.exp(a * lx + (1 - a) * ly)).sum(-1)
+
+    if kind == "kl":
+        d = xlog(lp, lq)
+    elif kind == "reverse_kl":
+        d = xlog(lq, lp)
+    elif kind == "js":
+        both = (lp == ninf) & (lq == ninf)  # m = 0 there; keep logaddexp's backward away from -inf, -inf
+        lm = torch.logaddexp(torch.where(both, 0.0, lp), torch.where(both, 0.0, lq)) - torch.log(
+            torch.tensor(2.0, dtype=dtype))
+        lm = torch.where(both, ninf, lm)
+        d = 0.5 * xlog(lp, lm) + 0.5 * xlog(lq, lm)
+    elif kind in ("hellinger", "bhattacharyya"):
+        bc = torch.exp(0.5 * (lp + lq)).sum(-1)
+        d = 1 - bc if kind == "hellinger" else -torch.log(bc)
+    elif kind == "renyi":
+        d = torch.log(power_mean(div_alpha)) / (div_alpha - 1)
+    elif kind == "alpha":
+        d = (1 - power_mean(div_alpha)) / (div_alpha * (1 - div_alpha))
+    elif kind == "tv":
+        d = 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    if mask is not None:
+        d = torch.where(mask, d, torch.zeros_like(d))
+    return d

@@ -1,0 +1,125 @@
+// CPU kernels of vocab_divergence (SPEC §3.4): rows in parallel; per row one pass for both
+// log-sum-exps (vectorised), one for the divergence sums, and one in the backward for the gradient.
+#include <algorithm>
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include "objx/math/online_lse.h"
+#include "objx/math/vocab_divergence.h"
+#include "objx/prob_loss.h"
+#include "objx/vocab_divergence.h"
+#include "vec_row.h"
+
+namespace objx::cpu {
+namespace {
+
+using math::DivParams;
+using math::DivRow;
+
+constexpr int64_t kPiece = 1024;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+
+template <typename scalar_t, typename acc_t>
+DivRow<acc_t> reduce_row(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm) {
+  acc_t buf[2][kPiece];
+  math::LseState<acc_t> st[2] = {math::lse_empty<acc_t>(), math::lse_empty<acc_t>()};
+  for (int64_t start = 0; start < vocab; start += kPiece) {
+    const int64_t n = std::min(kPiece, vocab - start);
+    for (int64_t i = 0; i < n; ++i) {
+      buf[0][i] = static_cast<acc_t>(z[start + i]);
+      buf[1][i] = static_cast<acc_t>(r[start + i]);
+    }
+    for (int k = 0; k < 2; ++k) lse_absorb(st[k].max, st[k].sum, buf[k], n);
+  }
+  DivRow<acc_t> row{math::lse_finish(st[0]), math::lse_finish(st[1]), acc_t(0), acc_t(0)};
+  double agg = 0.0, pa = 0.0;
+  for (int64_t j = 0; j < vocab; ++j) {
+    acc_t a, b;
+    math::div_terms(prm, static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q, a, b);
+    agg += a;
+    pa += b;
+  }
+  row.agg = static_cast<acc_t>(agg);
+  row.pa = static_cast<acc_t>(pa);
+  return row;
+}
+
+}  // namespace
+
+DivForward vocab_divergence_rows(const DivInputs& in) {
+  const int64_t rows = in.policy.size(0), vocab = in.policy.size(1);
+  const auto acc_opts = in.policy.options().dtype(prob_acc_dtype(in.policy.scalar_type()));
+  auto div = at::empty({rows}, acc_opts);
+  auto stats = at::empty({rows, math::kDivRowStats}, acc_opts);
+  if (rows == 0) return {div, stats};
+  const bool* mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_vocab_divergence", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const auto prm = make_div_params<acc_t>(in);
+    const scalar_t* z = in.policy.const_data_ptr<scalar_t>();
+    const scalar_t* r = in.ref.const_data_ptr<scalar_t>();
+    const int64_t zs = in.policy.stride(0), rs = in.ref.stride(0);
+    acc_t* div_p = div.mutable_data_ptr<acc_t>();
+    acc_t* st = stats.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        acc_t* out = st + i * math::kDivRowStats;
+        if (mask && !mask[i]) {
+          div_p[i] = acc_t(0);
+          std::fill(out, out + math::kDivRowStats, acc_t(0));
+          continue;
+        }
+        const auto row = reduce_row(z + i * zs, r + i * rs, vocab, prm);
+        div_p[i] = math::div_value(prm, row);
+        out[0] = row.lse_p;
+        out[1] = row.lse_q;
+        out[2] = row.agg;
+        out[3] = row.pa;
+      }
+    });
+  });
+  return {div, stats};
+}
+
+at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats) {
+  const int64_t rows = in.policy.size(0), vocab = in.policy.size(1);
+  auto grad = at::empty(in.policy.sizes(), in.policy.options().memory_format(at::MemoryFormat::Contiguous));
+  if (rows == 0) return grad;
+  const bool* mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_vocab_divergence_bwd", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const auto prm = make_div_params<acc_t>(in);
+    const scalar_t* z = in.policy.const_data_ptr<scalar_t>();
+    const scalar_t* r = in.ref.const_data_ptr<scalar_t>();
+    const int64_t zs = in.policy.stride(0), rs = in.ref.stride(0);
+    const acc_t* g = grad_div.const_data_ptr<acc_t>();
+    const acc_t* st = stats.const_data_ptr<acc_t>();
+    scalar_t* out_base = grad.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t* out = out_base + i * vocab;
+        if (mask && !mask[i]) {
+          std::fill(out, out + vocab, scalar_t(0));
+          continue;
+        }
+        const acc_t* s = st + i * math::kDivRowStats;
+        const DivRow<acc_t> row{s[0], s[1], s[2], s[3]};
+        for (int64_t j = 0; j < vocab; ++j) {
+          const acc_t log_p = static_cast<acc_t>(z[i * zs + j]) - row.lse_p;
+          const acc_t log_q = static_cast<acc_t>(r[i * rs + j]) - row.lse_q;
+          out[j] = static_cast<scalar_t>(g[i] * math::div_grad(prm, row, log_p, log_q));
+        }
+      }
+    });
+  });
+  return grad;
+}
+
+}  // namespace objx::cpu

@@ -1,0 +1,36 @@
+#pragma once
+// Host-side contract of the vocab_divergence ops (SPEC §3.4): checked inputs, outputs, and the
+// CPU / CUDA kernels they are handed to.
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+
+#include "objx/math/vocab_divergence.h"
+
+namespace objx {
+
+// One call's checked inputs: logits at unit vocabulary stride, mask contiguous (undefined if none).
+struct DivInputs {
+  std::string kind;
+  double alpha;
+  at::Tensor policy, ref, mask;
+};
+
+template <typename acc_t>
+math::DivParams<acc_t> make_div_params(const DivInputs& in);
+
+// Forward: per-row D (0 where masked out) and the [N, 4] row statistics of the backward.
+using DivForward = std::tuple<at::Tensor, at::Tensor>;
+
+namespace cpu {
+DivForward vocab_divergence_rows(const DivInputs& in);
+at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats);
+}  // namespace cpu
+namespace cuda {
+DivForward vocab_divergence_rows(const DivInputs& in);
+at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats);
+}  // namespace cuda
+
+}  // namespace objx

@@ -1,0 +1,38 @@
+"""SPEC §3.4: per-token divergences between the policy's and the reference's next-token
+distributions, without the [N, V] softmaxes (objx.vocab_divergence)."""
+
+from typing import Optional
+
+import torch
+
+from ._args import flatten_rows
+
+KINDS = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "alpha", "tv")
+
+
+def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind: str = "kl", *,
+                     div_alpha: float = 0.5, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """D(softmax(policy_logits) || softmax(ref_logits)) per row of [..., V] logits -> [...].
+
+    kind: "kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi" (order div_alpha > 0,
+    != 1), "alpha" (Amari, div_alpha not in {0, 1}) or "tv". Rows where mask [...] is False give 0
+    and no gradient. Differentiable in policy_logits; the reference gets no gradient.
+    """
+    if kind == "wasserstein":
+        raise NotImplementedError("objx.vocab_divergence: 'wasserstein' (entropic OT on the top-k union, "
+                                  "SPEC §3.4) is not implemented yet")
+    if kind not in KINDS:
+        raise ValueError(f"objx.vocab_divergence: kind must be one of {KINDS}, got {kind!r}")
+    if not isinstance(ref_logits, torch.Tensor) or ref_logits.shape != policy_logits.shape:
+        raise ValueError("objx.vocab_divergence: ref_logits must be a tensor of policy_logits' shape "
+                         f"{tuple(policy_logits.shape)}")
+    shape = policy_logits.shape[:-1]
+    rows_mask = torch.empty(shape, dtype=torch.long, device="meta")
+    z, _ = flatten_rows("objx.vocab_divergence", policy_logits, rows_mask, name="policy_logits")
+    r, _ = flatten_rows("objx.vocab_divergence", ref_logits, rows_mask, name="ref_logits")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.shape != shape:
+            raise ValueError(f"objx.vocab_divergence: mask must have shape {tuple(shape)}")
+        mask = mask.reshape(-1).to(torch.bool)
+    div, _stats = torch.ops.objx.vocab_divergence_forward(z, r, kind, float(div_alpha), mask)
+    return div.reshape(shape)

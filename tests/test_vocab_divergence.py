@@ -1,0 +1,130 @@
+"""vocab_divergence (SPEC §3.4) against the float64 reference, its identities, and its errors."""
+
+import pytest
+import torch
+
+import objx
+from helpers import TOLERANCES, assert_close
+
+KINDS = [("kl", 0.5), ("reverse_kl", 0.5), ("js", 0.5), ("hellinger", 0.5), ("bhattacharyya", 0.5),
+         ("renyi", 0.5), ("renyi", 2.0), ("alpha", 0.5), ("alpha", 2.0), ("alpha", -0.5), ("tv", 0.5)]
+
+
+def make_pair(rows, vocab, *, dtype=torch.float32, device="cpu"):
+    """Policy and reference logits that partly agree, as between a policy and its reference model."""
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    ref = torch.randn(rows, vocab, dtype=torch.float64, generator=g) * 2
+    policy = 0.7 * ref + torch.randn(rows, vocab, dtype=torch.float64, generator=g)
+    return policy.to(dtype).to(device), ref.to(dtype).to(device)
+
+
+def check(policy, ref, kind, div_alpha, mask=None):
+    loss_tol, grad_tol = TOLERANCES[policy.dtype]
+    a = policy.detach().clone().requires_grad_()
+    b = policy.detach().double().cpu().requires_grad_()
+    ours = objx.vocab_divergence(a, ref, kind, div_alpha=div_alpha, mask=mask)
+    expected = objx.reference.vocab_divergence(b, ref.double().cpu(), kind, div_alpha=div_alpha,
+                                               mask=None if mask is None else mask.cpu())
+    assert ours.dtype == (torch.float64 if policy.dtype == torch.float64 else torch.float32)
+    assert_close(ours, expected, loss_tol, f"{kind}({div_alpha})")
+    w = torch.rand(expected.shape, dtype=torch.float64) + 0.5
+    (ours * w.to(ours)).sum().backward()
+    (expected * w).sum().backward()
+    assert a.grad.dtype == policy.dtype
+    assert_close(a.grad, b.grad, grad_tol, f"grad {kind}({div_alpha})")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind, div_alpha", KINDS)
+def test_matches_reference(device, kind, div_alpha, dtype):
+    policy, ref = make_pair(16, 2500, dtype=dtype, device=device)
+    mask = torch.ones(16, dtype=torch.bool, device=device)
+    mask[[2, 9]] = False
+    check(policy, ref, kind, div_alpha, mask)
+
+
+@pytest.mark.parametrize("kind, div_alpha", KINDS)
+def test_equal_distributions_give_zero(device, kind, div_alpha):
+    _, ref = make_pair(4, 300, dtype=torch.float64, device=device)
+    policy = (ref + 3.0).requires_grad_()  # same softmax
+    d = objx.vocab_divergence(policy, ref, kind, div_alpha=div_alpha)
+    assert d.abs().max().item() < 1e-12
+    d.sum().backward()
+    if kind != "tv":  # tv's gradient is a subgradient at p = q
+        assert policy.grad.abs().max().item() < 1e-12
+
+
+def test_renyi_tends_to_kl(device):
+    policy, ref = make_pair(5, 400, dtype=torch.float64, device=device)
+    kl = objx.vocab_divergence(policy, ref, "kl")
+    near = objx.vocab_divergence(policy, ref, "renyi", div_alpha=1 + 1e-6)
+    assert_close(near, kl, 1e-5, "renyi(1 + 1e-6) vs kl")
+
+
+def test_hellinger_in_unit_interval(device):
+    policy, ref = make_pair(32, 200, device=device)
+    policy = policy * 5  # sharpen to push distributions apart
+    d = objx.vocab_divergence(policy, ref, "hellinger")
+    assert (d >= -1e-6).all() and (d <= 1 + 1e-6).all()
+
+
+def test_leading_dims_and_masked_vocabulary(device):
+    policy, ref = make_pair(6, 120, device=device)
+    holes = torch.rand(6, 120, device=device) < 0.2
+    ref = ref.masked_fill(holes, float("-inf"))
+    policy = policy.masked_fill(holes, float("-inf"))
+    for kind, a in KINDS:
+        check(policy.view(2, 3, 120), ref.view(2, 3, 120), kind, a)
+
+
+def test_gradcheck(device):
+    policy, ref = make_pair(3, 11, dtype=torch.float64, device=device)
+    for kind, a in KINDS:
+        if kind == "tv":
+            continue  # |p - q| has kinks; its gradient is checked against the reference above
+        x = policy.clone().requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: objx.vocab_divergence(t, ref, kind, div_alpha=a), (x,)), kind
+
+
+def test_opcheck(device):
+    policy, ref = make_pair(5, 40, device=device)
+    mask = torch.tensor([True, False, True, True, False], device=device)
+    args = (policy.requires_grad_(), ref, "js", 0.5, mask)
+    torch.library.opcheck(torch.ops.objx.vocab_divergence_forward, args)
+    d, stats = torch.ops.objx.vocab_divergence_forward(*args)
+    torch.library.opcheck(torch.ops.objx.vocab_divergence_backward,
+                          (torch.rand_like(d), policy.detach(), ref, stats, "js", 0.5, mask))
+
+
+def test_compile_fullgraph(device):
+    fn = torch.compile(lambda p, r: objx.vocab_divergence(p, r, "bhattacharyya").mean(), fullgraph=True)
+    policy, ref = make_pair(6, 64, device=device)
+    a, b = policy.clone().requires_grad_(), policy.clone().requires_grad_()
+    fn(a, ref).backward()
+    objx.vocab_divergence(b, ref, "bhattacharyya").mean().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=0)
+
+
+def test_reference_gets_no_gradient(device):
+    policy, ref = make_pair(3, 20, device=device)
+    r = ref.clone().requires_grad_()
+    objx.vocab_divergence(policy.requires_grad_(), r, "kl").sum().backward()
+    assert r.grad is None
+
+
+def test_bad_inputs(device):
+    policy, ref = make_pair(3, 10, device=device)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        objx.vocab_divergence(policy, ref, "chi2")
+    with pytest.raises(ValueError, match="ref_logits must be a tensor of policy_logits' shape"):
+        objx.vocab_divergence(policy, ref[:, :9])
+    with pytest.raises(ValueError, match="renyi needs div_alpha > 0 and != 1"):
+        objx.vocab_divergence(policy, ref, "renyi", div_alpha=1.0)
+    with pytest.raises(ValueError, match="alpha needs div_alpha not in"):
+        objx.vocab_divergence(policy, ref, "alpha", div_alpha=0.0)
+    with pytest.raises(TypeError, match="ref_logits is"):
+        objx.vocab_divergence(policy, ref.double())
+    with pytest.raises(ValueError, match="mask must have shape"):
+        objx.vocab_divergence(policy, ref, mask=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(NotImplementedError, match="wasserstein"):
+        objx.vocab_divergence(policy, ref, "wasserstein")
