@@ -1,0 +1,149 @@
+"""DPO-Kernels' Python pieces (SPEC §3.1–3.3, 3.5): token log-probs, f-divergence scores, embedding
+kernels, and the loss."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import objx
+from helpers import assert_close, make_logits
+from objx import kernels
+
+
+def test_token_logprobs(device):
+    logits, target = make_logits(20, 900, dtype=torch.float64, device=device)
+    target[4] = -100
+    x = logits.clone().requires_grad_()
+    got = objx.token_logprobs(x, target)
+    expected = torch.log_softmax(logits, -1).gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+    expected[4] = 0
+    assert_close(got, expected, 1e-12, "token_logprobs")
+    got.sum().backward()
+    y = logits.clone().requires_grad_()
+    (torch.log_softmax(y, -1).gather(1, target.clamp(min=0)[:, None]).squeeze(1) * (target != -100)).sum().backward()
+    assert_close(x.grad, y.grad, 1e-10, "token_logprobs grad")
+
+
+@pytest.mark.parametrize("f_alpha", [0.5, 1.0, 1.5])
+def test_f_divergence_scores_match_trl_formulas(f_alpha):
+    r = torch.linspace(-5, 5, 41, dtype=torch.float64)
+    assert torch.equal(objx.f_divergence_score(r, "reverse_kl"), r)
+    assert_close(objx.f_divergence_score(r, "forward_kl"), -torch.exp(-r), 1e-15, "forward_kl")
+    assert_close(objx.f_divergence_score(r, "js_divergence"), torch.log(torch.sigmoid(r)), 1e-12, "js")
+    alpha = objx.f_divergence_score(r, "alpha_divergence", f_alpha=f_alpha)
+    expected = r if f_alpha == 1.0 else torch.exp((f_alpha - 1) * r) / (f_alpha - 1)
+    assert_close(alpha, expected, 1e-15, "alpha")
+
+
+def test_alpha_divergence_clamp():
+    r = torch.tensor([1000.0], dtype=torch.float64)
+    assert objx.f_divergence_score(r, "alpha_divergence", f_alpha=2.0).item() == pytest.approx(math.exp(80.0))
+    r16 = torch.tensor([1000.0], dtype=torch.float16)
+    assert torch.isfinite(objx.f_divergence_score(r16, "alpha_divergence", f_alpha=2.0)).all()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        objx.f_divergence_score(r, "hellinger")
+
+
+def _embs(b=6, e=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [F.normalize(torch.randn(b, e, dtype=torch.float64, generator=g), dim=-1) for _ in range(3)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda e: kernels.PolynomialKernel(3, 1.0),
+    lambda e: kernels.RBFKernel(0.7),
+    lambda e: kernels.MahalanobisKernel(torch.eye(e, dtype=torch.float64) * 2),
+    lambda e: kernels.MahalanobisKernel(dim=e, learnable=True).double(),
+    lambda e: kernels.SpectralKernel((1.0, 0.5, 0.2), (1.0, 0.1, 3.0)),
+    lambda e: kernels.HierarchicalMixtureKernel(e).double(),
+], ids=["poly", "rbf", "maha", "maha-learned", "spectral", "hmk"])
+def test_log_k_equals_log_of_k(make):
+    x, y, _ = _embs()
+    k = make(x.shape[1])
+    assert_close(k.log_k(x, y), torch.log(k(x, y)), 1e-12, type(k).__name__)
+
+
+def test_kernel_values():
+    x, y, _ = _embs()
+    d2 = (x - y).pow(2).sum(-1)
+    assert_close(kernels.RBFKernel(0.5)(x, y), torch.exp(-d2 / 0.5), 1e-14, "rbf")
+    assert_close(kernels.PolynomialKernel(2, 1.0)(x, y), ((x * y).sum(-1) + 1) ** 2, 1e-14, "poly")
+    spec = kernels.SpectralKernel((1.0, 0.5), (1.0, 0.1))(x, y)
+    assert_close(spec, torch.exp(-d2) + 0.5 * torch.exp(-0.1 * d2), 1e-14, "spectral")
+
+
+def test_mahalanobis_fit_and_errors():
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(200, 4, dtype=torch.float64, generator=g) * torch.tensor([1.0, 2.0, 0.5, 1.0],
+                                                                              dtype=torch.float64)
+    k = kernels.MahalanobisKernel().fit(data, shrinkage=0.0, eps=0.0)
+    assert_close(k.precision(), torch.linalg.inv(torch.cov(data.T)), 1e-8, "fitted precision")
+    with pytest.raises(ValueError, match="give a precision"):
+        kernels.MahalanobisKernel().log_k(data[:2], data[2:4])
+    with pytest.raises(ValueError, match="inputs must both be"):
+        kernels.RBFKernel()(data[:2], data[:3])
+
+
+def test_hmk_weights_and_entropy_bonus():
+    hmk = kernels.HierarchicalMixtureKernel(5, entropy_weight=0.1).double()
+    with torch.no_grad():
+        for logits in hmk.logits.values():
+            logits.copy_(torch.randn(2))
+    for name, w in hmk.weights().items():
+        assert abs(w.sum().item() - 1) < 1e-12, name
+    ent = sum(-(w * w.log()).sum() for w in hmk.weights().values())
+    assert_close(hmk.entropy_bonus(), -0.1 * ent, 1e-12, "entropy bonus")
+    x, y, _ = _embs()
+    hmk.log_k(x, y).sum().backward()
+    assert all(p.grad is not None for p in hmk.parameters())
+
+
+def _logps(b=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, dtype=torch.float64, generator=g) * 3 - 20 for _ in range(4)]
+
+
+def test_dpo_kernel_loss_is_standard_dpo():
+    pw, pl, rw, rl = _logps()
+    pw.requires_grad_()
+    loss, metrics = objx.dpo_kernel_loss(pw, pl, rw, rl, beta=0.1)
+    expected = -F.logsigmoid(0.1 * ((pw - rw) - (pl - rl))).mean()
+    assert_close(loss, expected, 1e-14, "standard DPO")
+    assert_close(metrics["chosen_rewards"], 0.1 * (pw - rw), 1e-14, "chosen rewards")
+    assert metrics["reward_accuracy"].item() == ((pw - rw) > (pl - rl)).double().mean().item()
+    assert not metrics["reward_margin"].requires_grad
+    loss.backward()
+    assert pw.grad is not None
+
+
+def test_dpo_kernel_loss_variants():
+    pw, pl, rw, rl = _logps(seed=1)
+    r_w, r_l = pw - rw, pl - rl
+    hinge, _ = objx.dpo_kernel_loss(pw, pl, rw, rl, beta=0.5, loss_type="hinge")
+    assert_close(hinge, torch.relu(1 - 0.5 * (r_w - r_l)).mean(), 1e-14, "hinge")
+    ipo, _ = objx.dpo_kernel_loss(pw, pl, rw, rl, beta=0.5, loss_type="ipo")
+    assert_close(ipo, ((r_w - r_l - 1.0) ** 2).mean(), 1e-14, "ipo")
+    smooth, _ = objx.dpo_kernel_loss(pw, pl, rw, rl, beta=0.2, label_smoothing=0.1, f_divergence="js_divergence")
+    z = 0.2 * (F.logsigmoid(r_w) - F.logsigmoid(r_l))
+    assert_close(smooth, (-(0.9) * F.logsigmoid(z) - 0.1 * F.logsigmoid(-z)).mean(), 1e-14, "smoothed js")
+    x, w, l_ = _embs(8)
+    k = kernels.RBFKernel(0.8)
+    kern, _ = objx.dpo_kernel_loss(pw, pl, rw, rl, beta=0.1, kernel=k, prompt_emb=x, chosen_emb=w,
+                                   rejected_emb=l_, kernel_weight=0.3, divergence=torch.tensor([0.2, 0.4], dtype=torch.float64),
+                                   divergence_coef=0.5, nll=torch.tensor([2.0], dtype=torch.float64), nll_coef=0.1)
+    z = 0.1 * (r_w - r_l) + 0.3 * (k.log_k(x, w) - k.log_k(x, l_))
+    assert_close(kern, -F.logsigmoid(z).mean() + 0.5 * 0.3 + 0.1 * 2.0, 1e-14, "hybrid")
+
+
+def test_dpo_kernel_loss_errors():
+    pw, pl, rw, rl = _logps()
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        objx.dpo_kernel_loss(pw, pl, rw, rl, loss_type="robust")
+    with pytest.raises(ValueError, match="must share one shape"):
+        objx.dpo_kernel_loss(pw, pl[:3], rw, rl)
+    with pytest.raises(ValueError, match="kernel_weight != 0 needs"):
+        objx.dpo_kernel_loss(pw, pl, rw, rl, kernel_weight=0.1)
+    with pytest.raises(ValueError, match="divergence_coef != 0 needs"):
+        objx.dpo_kernel_loss(pw, pl, rw, rl, divergence_coef=0.1)
