@@ -24,6 +24,7 @@ from .distill import distill_loss
 from .linear_distill import linear_distill_loss
 from .linear_prob_loss import linear_prob_loss
 from .prob_loss import prob_loss
+from .vocab_divergence import vocab_divergence
 
 DEFAULT_OBJECTIVES = ["nll", "-p", "-p^10", "log1m", "-log p·1[p≥0.2]"]
 # Logits shapes (N, V) and fused LM-head shapes (N, D, V) per device.
@@ -36,6 +37,9 @@ DEFAULT_LINEAR_DISTILL_SHAPES = {"cpu": [(256, 256, 32000)], "cuda": [(8192, 230
 DEFAULT_METHODS = ["ttm", "wttm", "jsd"]
 DEFAULT_LINEAR_METHODS = {"cpu": ["ttm"], "cuda": ["ttm", "jsd"]}
 DISTILL_T = 2.0
+# Vocabulary divergences (policy vs reference logits, N x V).
+DEFAULT_DIVERGENCE_SHAPES = {"cpu": [(1024, 32000)], "cuda": [(8192, 128256)]}
+DEFAULT_KINDS = ["kl", "js", "hellinger", "renyi"]
 DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 DEFAULT_REPEATS = {"cpu": 3, "cuda": 20}
 # SPEC §5 tolerances (loss and gradient) by input dtype.
@@ -101,6 +105,14 @@ def make_two_heads(rows: int, dim: int, vocab: int, dtype: torch.dtype, device: 
     return (f(rows, dim), f(vocab, dim, s=2 * dim ** -0.5)), (f(rows, dim), f(vocab, dim, s=2 * dim ** -0.5), target)
 
 
+def make_policy_ref(rows: int, vocab: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """Policy logits (differentiable) near a reference's, as between a policy and its reference model."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    ref = torch.randn(rows, vocab, device=device, generator=g) * 2
+    policy = 0.7 * ref + torch.randn(rows, vocab, device=device, generator=g)
+    return (policy.to(dtype),), (ref.to(dtype),)
+
+
 def _rel(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
@@ -110,6 +122,15 @@ def check_against_reference(family: str, objective: Objective, bases, target) ->
     """Max relative error of objx's per-row losses and every gradient on a sample of rows."""
     if family in ("distill", "linear-distill"):
         return _check_distill(family, objective, bases, target)
+    if family == "divergence":
+        z, ref = bases[0][:CHECK_ROWS], target[0][:CHECK_ROWS]
+        a = z.detach().clone().requires_grad_()
+        b = z.detach().double().cpu().requires_grad_()
+        ours = vocab_divergence(a, ref, objective)
+        expected = reference.vocab_divergence(b, ref.double().cpu(), objective)
+        ours.sum().backward()
+        expected.sum().backward()
+        return max(_rel(ours, expected), _rel(a.grad, b.grad))
     idx = torch.randperm(target.shape[0], generator=torch.Generator().manual_seed(1))[:CHECK_ROWS]
     idx = idx.to(target.device)
     y = target[idx]
@@ -184,6 +205,15 @@ def linear_distill_implementations(method: str, device: torch.device, use_compil
             impls["liger"] = (lambda h, w, th, tw, y: liger(h, w, th, tw, y), False)
         except Exception:  # noqa: BLE001 - optional peer
             pass
+    return impls
+
+
+def divergence_implementations(kind: str, device: torch.device, use_compile: bool) -> dict:
+    """name -> (callable(policy, ref) -> scalar, needs a fresh copy of the input)."""
+    eager_fn = lambda z, r: reference.vocab_divergence(z, r, kind, dtype=torch.float32).mean()  # noqa: E731
+    impls = {"objx": (lambda z, r: vocab_divergence(z, r, kind).mean(), False), "eager": (eager_fn, False)}
+    if use_compile:
+        impls["compile"] = (torch.compile(eager_fn), False)
     return impls
 
 
@@ -284,9 +314,12 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
     elif family == "distill":
         bases, target = make_distill(*shape, dt, dev)
         impls = distill_implementations(objective, dev, use_compile)
-    else:
+    elif family == "linear-distill":
         bases, target = make_two_heads(*shape, dt, dev)
         impls = linear_distill_implementations(objective, dev, use_compile)
+    else:
+        bases, target = make_policy_ref(*shape, dt, dev)
+        impls = divergence_implementations(objective, dev, use_compile)
     shape_s = "x".join(str(v) for v in shape)
     dtype_s = str(dt).split(".")[-1]
     results, objx_loss = [], None
@@ -321,20 +354,22 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
 
 def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, objectives=None,
         repeats: int = None, use_compile: bool = True, progress: bool = True, distill_shapes=None,
-        linear_distill_shapes=None, methods=None) -> list[Result]:
+        linear_distill_shapes=None, methods=None, divergence_shapes=None, kinds=None) -> list[Result]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = getattr(torch, dtype or DEFAULT_DTYPES[dev.type])
     repeats = repeats or DEFAULT_REPEATS[dev.type]
-    if all(x is None for x in (shapes, linear_shapes, distill_shapes, linear_distill_shapes)):
+    if all(x is None for x in (shapes, linear_shapes, distill_shapes, linear_distill_shapes, divergence_shapes)):
         shapes, linear_shapes = DEFAULT_SHAPES[dev.type], DEFAULT_LINEAR_SHAPES[dev.type]
         distill_shapes = DEFAULT_DISTILL_SHAPES[dev.type]
         linear_distill_shapes = DEFAULT_LINEAR_DISTILL_SHAPES[dev.type]
+        divergence_shapes = DEFAULT_DIVERGENCE_SHAPES[dev.type]
     cases = [("logits", s, Objective.parse(o)) for s in (shapes or []) for o in (objectives or DEFAULT_OBJECTIVES)]
     cases += [("linear", s, Objective.parse(o)) for s in (linear_shapes or [])
               for o in (objectives or DEFAULT_LINEAR_OBJECTIVES)]
     cases += [("distill", s, m) for s in (distill_shapes or []) for m in (methods or DEFAULT_METHODS)]
     cases += [("linear-distill", s, m) for s in (linear_distill_shapes or [])
               for m in (methods or DEFAULT_LINEAR_METHODS[dev.type])]
+    cases += [("divergence", s, k) for s in (divergence_shapes or []) for k in (kinds or DEFAULT_KINDS)]
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -385,7 +420,8 @@ def main(args) -> int:
     parse = lambda specs: [tuple(int(v) for v in s.lower().split("x")) for s in specs] if specs else None  # noqa: E731
     results = run(device, parse(args.shape), parse(args.linear_shape), args.dtype, args.objective, args.repeats,
                   not args.no_compile, progress=not args.quiet, distill_shapes=parse(args.distill_shape),
-                  linear_distill_shapes=parse(args.linear_distill_shape), methods=args.method)
+                  linear_distill_shapes=parse(args.linear_distill_shape), methods=args.method,
+                  divergence_shapes=parse(args.divergence_shape), kinds=args.kind)
     env = environment(device)
     print(f"objx bench on {env['device_name']} ({device}, {env['cpu_threads']} CPU threads), "
           f"fwd+bwd, median of {args.repeats or DEFAULT_REPEATS[torch.device(device).type]} runs; "
