@@ -31,7 +31,15 @@ def check(policy, ref, kind, div_alpha, mask=None):
     (ours * w.to(ours)).sum().backward()
     (expected * w).sum().backward()
     assert a.grad.dtype == policy.dtype
-    assert_close(a.grad, b.grad, grad_tol, f"grad {kind}({div_alpha})")
+    got, want = a.grad.double().cpu(), b.grad
+    if kind == "tv" and policy.dtype != torch.float64:
+        # TV's gradient steps at p_j = q_j: entries within rounding of a tie may take the other side
+        # in low precision. Compare everywhere else (float64 checks every entry).
+        p = torch.softmax(b.detach(), -1)
+        q = torch.softmax(ref.double().cpu(), -1)
+        away = (p - q).abs() > 1e-4 * torch.maximum(p, q)
+        got, want = torch.where(away, got, 0.0), torch.where(away, want, 0.0)
+    assert_close(got, want, grad_tol, f"grad {kind}({div_alpha})")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)

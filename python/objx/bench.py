@@ -128,6 +128,8 @@ def check_against_reference(family: str, objective: Objective, bases, target) ->
         b = z.detach().double().cpu().requires_grad_()
         ours = vocab_divergence(a, ref, objective)
         expected = reference.vocab_divergence(b, ref.double().cpu(), objective)
+        if objective == "tv":  # its gradient steps at p_j = q_j, where precisions may disagree: value only
+            return _rel(ours, expected)
         ours.sum().backward()
         expected.sum().backward()
         return max(_rel(ours, expected), _rel(a.grad, b.grad))
