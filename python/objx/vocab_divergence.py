@@ -6,21 +6,29 @@ from typing import Optional
 import torch
 
 from ._args import flatten_rows
+from .wasserstein import wasserstein_divergence
 
 KINDS = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "alpha", "tv")
 
 
 def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind: str = "kl", *,
-                     div_alpha: float = 0.5, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     div_alpha: float = 0.5, mask: Optional[torch.Tensor] = None,
+                     token_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
     """D(softmax(policy_logits) || softmax(ref_logits)) per row of [..., V] logits -> [...].
 
     kind: "kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi" (order div_alpha > 0,
-    != 1), "alpha" (Amari, div_alpha not in {0, 1}) or "tv". Rows where mask [...] is False give 0
-    and no gradient. Differentiable in policy_logits; the reference gets no gradient.
+    != 1), "alpha" (Amari, div_alpha not in {0, 1}), "tv" (objx kernels, chunked over V), or
+    "wasserstein" (entropic OT on the top-64 union with cost 1 - cos over token_embeddings [V, E],
+    in PyTorch). Rows where mask [...] is False give 0 and no gradient. Differentiable in
+    policy_logits; the reference gets no gradient.
     """
     if kind == "wasserstein":
-        raise NotImplementedError("objx.vocab_divergence: 'wasserstein' (entropic OT on the top-k union, "
-                                  "SPEC §3.4) is not implemented yet")
+        if token_embeddings is None:
+            raise ValueError("objx.vocab_divergence: kind 'wasserstein' needs token_embeddings [V, E]")
+        shape, v = policy_logits.shape[:-1], policy_logits.shape[-1]
+        flat_mask = None if mask is None else mask.reshape(-1).to(torch.bool)
+        return wasserstein_divergence(policy_logits.reshape(-1, v), ref_logits.reshape(-1, v), token_embeddings,
+                                      mask=flat_mask).reshape(shape)
     if kind not in KINDS:
         raise ValueError(f"objx.vocab_divergence: kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(ref_logits, torch.Tensor) or ref_logits.shape != policy_logits.shape:
