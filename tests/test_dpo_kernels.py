@@ -147,3 +147,47 @@ def test_dpo_kernel_loss_errors():
         objx.dpo_kernel_loss(pw, pl, rw, rl, kernel_weight=0.1)
     with pytest.raises(ValueError, match="divergence_coef != 0 needs"):
         objx.dpo_kernel_loss(pw, pl, rw, rl, divergence_coef=0.1)
+
+
+def _pairs(device, b=3, t=7, v=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda: torch.randn(b, t, v, dtype=torch.float64, generator=g).to(device)  # noqa: E731
+    labels = [torch.randint(0, v, (b, t), generator=g).to(device) for _ in range(2)]
+    for lab in labels:
+        lab[:, :2] = -100  # prompt positions
+    return mk(), mk(), mk(), mk(), labels[0], labels[1]
+
+
+def _seq(logits, labels):
+    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return (lp * (labels != -100)).sum(-1)
+
+
+def test_dpo_kernel_module_is_standard_dpo(device):
+    pw, pl, rw, rl, yw, yl = _pairs(device)
+    pw.requires_grad_()
+    loss, metrics = objx.DPOKernelLoss(beta=0.2)(pw, pl, rw, rl, yw, yl)
+    z = 0.2 * ((_seq(pw, yw) - _seq(rw, yw)) - (_seq(pl, yl) - _seq(rl, yl)))
+    assert_close(loss, -F.logsigmoid(z).mean(), 1e-12, "module DPO")
+    loss.backward()
+    assert pw.grad is not None and torch.isfinite(pw.grad).all()
+
+
+def test_dpo_kernel_module_terms(device):
+    pw, pl, rw, rl, yw, yl = _pairs(device, seed=1)
+    hw = torch.randn(3, 7, 4, dtype=torch.float64, device=device)
+    hl = torch.randn(3, 7, 4, dtype=torch.float64, device=device)
+    k = kernels.RBFKernel(0.9)
+    module = objx.DPOKernelLoss(beta=0.1, kernel=k, kernel_weight=0.2, divergence="kl", divergence_coef=0.3,
+                                nll_coef=0.05)
+    loss, _ = module(pw, pl, rw, rl, yw, yl, chosen_hidden=hw, rejected_hidden=hl)
+    cw, cl = yw != -100, yl != -100
+    pool = lambda h, m: F.normalize((h * m[..., None]).sum(1) / m.sum(1, keepdim=True), dim=-1)  # noqa: E731
+    ex, ew, el = pool(hw, ~cw), pool(hw, cw), pool(hl, cl)
+    r_w, r_l = _seq(pw, yw) - _seq(rw, yw), _seq(pl, yl) - _seq(rl, yl)
+    z = 0.1 * (r_w - r_l) + 0.2 * (k.log_k(ex, ew) - k.log_k(ex, el))
+    kl = objx.reference.vocab_divergence(pw, rw, "kl")[cw].mean()
+    nll = -_seq(pw, yw).sum() / cw.sum()
+    assert_close(loss, -F.logsigmoid(z).mean() + 0.3 * kl + 0.05 * nll, 1e-10, "module hybrid")
+    with pytest.raises(ValueError, match="needs embeddings or chosen/rejected hidden"):
+        module(pw, pl, rw, rl, yw, yl)

@@ -5,6 +5,7 @@ from . import kernels, reference
 from ._build import build_info
 from .distill import DistillLoss, distill_loss
 from .dpo_kernel_loss import dpo_kernel_loss
+from .dpo_kernel_module import DPOKernelLoss
 from .f_divergence import f_divergence_score
 from .linear_distill import LinearDistillLoss, linear_distill_loss
 from .linear_prob_loss import LinearProbLoss, linear_prob_loss, linear_token_logprobs
@@ -16,7 +17,7 @@ from .vocab_divergence import vocab_divergence
 __version__ = build_info()["version"]
 
 __all__ = [
-    "DistillLoss", "LinearDistillLoss", "LinearProbLoss", "Objective", "ProbLoss", "build_info",
+    "DPOKernelLoss", "DistillLoss", "LinearDistillLoss", "LinearProbLoss", "Objective", "ProbLoss", "build_info",
     "distill_loss", "dpo_kernel_loss", "f_divergence_score", "kernels", "linear_distill_loss",
     "linear_prob_loss", "linear_token_logprobs", "prob_loss", "reference", "token_logprobs",
     "vocab_divergence",
