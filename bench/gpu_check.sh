@@ -34,17 +34,19 @@ cat "$OUT_DIR/device.txt" | tail -n 3
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-16}"
 step build 120 env OBJX_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps -v .
 step info 20 "$PY" -m objx info
-step tests 120 "$PY" -m pytest -q -x tests --junitxml="$OUT_DIR/tests.xml"
+step tests 110 "$PY" -m pytest -q -x tests --junitxml="$OUT_DIR/tests.xml"
 step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitizer_case.py
 # torch.compile baselines cost ~30 s of compilation per case at these shapes: off here, on with
 # OBJX_GPU_COMPILE=1 when the budget allows.
 compile_flag=--no-compile
 [ "${OBJX_GPU_COMPILE:-0}" = 1 ] && compile_flag=
-step bench_logits 90 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 $compile_flag \
+step bench_logits 80 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 $compile_flag \
   --shape 8192x128256 --shape 8192x256000 --out "$OUT_DIR/bench_logits_bf16.json"
-step bench_linear 100 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 $compile_flag --objective nll \
+step bench_linear 80 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 $compile_flag --objective nll \
   --linear-shape 8192x4096x128256 --linear-shape 8192x2304x256000 --out "$OUT_DIR/bench_linear_bf16.json"
-step bench_distill 90 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 $compile_flag \
+step bench_distill 70 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 $compile_flag \
   --distill-shape 8192x128256 --linear-distill-shape 8192x2304x256000 --out "$OUT_DIR/bench_distill_bf16.json"
+step bench_dpo 60 "$PY" -m objx bench --device cuda --quiet --dtype bfloat16 $compile_flag \
+  --divergence-shape 8192x128256 --dpo-shape 8x1024x128256 --out "$OUT_DIR/bench_dpo_bf16.json"
 echo "results in $OUT_DIR (exit $status)"
 exit $status

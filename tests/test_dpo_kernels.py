@@ -191,3 +191,22 @@ def test_dpo_kernel_module_terms(device):
     assert_close(loss, -F.logsigmoid(z).mean() + 0.3 * kl + 0.05 * nll, 1e-10, "module hybrid")
     with pytest.raises(ValueError, match="needs embeddings or chosen/rejected hidden"):
         module(pw, pl, rw, rl, yw, yl)
+
+
+def test_dpo_kernel_module_fused_heads(device):
+    g = torch.Generator().manual_seed(7)
+    b, t, d, v = 3, 6, 8, 40
+    mk = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g).to(device)  # noqa: E731
+    hw, hl, rhw, rhl = mk(b, t, d), mk(b, t, d), mk(b, t, d), mk(b, t, d)
+    w_pol, w_ref = mk(v, d), mk(v, d)
+    yw, yl = [torch.randint(0, v, (b, t), generator=g).to(device) for _ in range(2)]
+    yw[:, :2] = -100
+    yl[:, :2] = -100
+    module = objx.DPOKernelLoss(beta=0.1, kernel=kernels.RBFKernel(), kernel_weight=0.1, nll_coef=0.1)
+    fused, _ = module(hw, hl, rhw, rhl, yw, yl, policy_weight=w_pol, ref_weight=w_ref)
+    plain, _ = module(hw @ w_pol.T, hl @ w_pol.T, rhw @ w_ref.T, rhl @ w_ref.T, yw, yl, chosen_hidden=hw,
+                      rejected_hidden=hl)
+    assert_close(fused, plain, 1e-12, "fused heads vs logits")
+    with pytest.raises(ValueError, match="divergence term needs logits"):
+        objx.DPOKernelLoss(divergence="kl", divergence_coef=0.1)(hw, hl, rhw, rhl, yw, yl, policy_weight=w_pol,
+                                                                 ref_weight=w_ref)

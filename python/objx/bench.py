@@ -38,8 +38,10 @@ DEFAULT_METHODS = ["ttm", "wttm", "jsd"]
 DEFAULT_LINEAR_METHODS = {"cpu": ["ttm"], "cuda": ["ttm", "jsd"]}
 DISTILL_T = 2.0
 # Vocabulary divergences (policy vs reference logits, N x V).
-DEFAULT_DIVERGENCE_SHAPES = {"cpu": [(1024, 32000)], "cuda": [(8192, 128256)]}
+DEFAULT_DIVERGENCE_SHAPES = {"cpu": [(512, 32000)], "cuda": [(8192, 128256)]}
 DEFAULT_KINDS = ["kl", "js", "hellinger", "renyi"]
+# A full DPOKernelLoss step: B pairs of T tokens over V (policy and reference logits for both).
+DEFAULT_DPO_SHAPES = {"cpu": [(2, 256, 32000)], "cuda": [(8, 1024, 128256)]}
 DEFAULT_DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 DEFAULT_REPEATS = {"cpu": 3, "cuda": 20}
 # SPEC §5 tolerances (loss and gradient) by input dtype.
@@ -113,6 +115,16 @@ def make_policy_ref(rows: int, vocab: int, dtype: torch.dtype, device: torch.dev
     return (policy.to(dtype),), (ref.to(dtype),)
 
 
+def make_dpo_batch(pairs: int, tokens: int, vocab: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """Policy logits for chosen and rejected (differentiable), reference logits and labels."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    f = lambda: torch.randn(pairs, tokens, vocab, device=device, generator=g).to(dtype)  # noqa: E731
+    labels = [torch.randint(0, vocab, (pairs, tokens), device=device, generator=g) for _ in range(2)]
+    for lab in labels:
+        lab[:, : tokens // 4] = -100  # prompt
+    return (f(), f()), (f(), f(), labels[0], labels[1])
+
+
 def _rel(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
@@ -122,6 +134,10 @@ def check_against_reference(family: str, objective: Objective, bases, target) ->
     """Max relative error of objx's per-row losses and every gradient on a sample of rows."""
     if family in ("distill", "linear-distill"):
         return _check_distill(family, objective, bases, target)
+    if family == "dpo":  # composed of the ops checked above: compare the step with its eager twin
+        ours = dpo_implementations("", bases[0].device, False)
+        a, b = ours["objx"][0](*bases, *target), ours["eager"][0](*bases, *target)
+        return _rel(a, b)
     if family == "divergence":
         z, ref = bases[0][:CHECK_ROWS], target[0][:CHECK_ROWS]
         a = z.detach().clone().requires_grad_()
@@ -214,6 +230,30 @@ def divergence_implementations(kind: str, device: torch.device, use_compile: boo
     """name -> (callable(policy, ref) -> scalar, needs a fresh copy of the input)."""
     eager_fn = lambda z, r: reference.vocab_divergence(z, r, kind, dtype=torch.float32).mean()  # noqa: E731
     impls = {"objx": (lambda z, r: vocab_divergence(z, r, kind).mean(), False), "eager": (eager_fn, False)}
+    if use_compile:
+        impls["compile"] = (torch.compile(eager_fn), False)
+    return impls
+
+
+def dpo_implementations(kind: str, device: torch.device, use_compile: bool) -> dict:
+    """A DPOKernelLoss step (hellinger divergence term, NLL term) against the same in eager PyTorch."""
+    from .dpo_kernel_module import DPOKernelLoss
+
+    module = DPOKernelLoss(beta=0.1, divergence="hellinger", divergence_coef=0.1, nll_coef=0.1)
+
+    def eager_fn(pw, pl, rw, rl, yw, yl):
+        def seq(lg, y):
+            lp = torch.log_softmax(lg.float(), -1).gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)
+            return lp * (y != -100)
+        sw, sl = seq(pw, yw), seq(pl, yl)
+        with torch.no_grad():
+            rsw, rsl = seq(rw, yw).sum(-1), seq(rl, yl).sum(-1)
+        z = 0.1 * ((sw.sum(-1) - rsw) - (sl.sum(-1) - rsl))
+        m = yw != -100
+        div = reference.vocab_divergence(pw, rw, "hellinger", dtype=torch.float32)[m].mean()
+        return -torch.nn.functional.logsigmoid(z).mean() + 0.1 * div - 0.1 * sw.sum() / m.sum()
+
+    impls = {"objx": (lambda *a: module(*a)[0], False), "eager": (eager_fn, False)}
     if use_compile:
         impls["compile"] = (torch.compile(eager_fn), False)
     return impls
@@ -319,9 +359,12 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
     elif family == "linear-distill":
         bases, target = make_two_heads(*shape, dt, dev)
         impls = linear_distill_implementations(objective, dev, use_compile)
-    else:
+    elif family == "divergence":
         bases, target = make_policy_ref(*shape, dt, dev)
         impls = divergence_implementations(objective, dev, use_compile)
+    else:
+        bases, target = make_dpo_batch(*shape, dt, dev)
+        impls = dpo_implementations(objective, dev, use_compile)
     shape_s = "x".join(str(v) for v in shape)
     dtype_s = str(dt).split(".")[-1]
     results, objx_loss = [], None
@@ -356,15 +399,18 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
 
 def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, objectives=None,
         repeats: int = None, use_compile: bool = True, progress: bool = True, distill_shapes=None,
-        linear_distill_shapes=None, methods=None, divergence_shapes=None, kinds=None) -> list[Result]:
+        linear_distill_shapes=None, methods=None, divergence_shapes=None, kinds=None,
+        dpo_shapes=None) -> list[Result]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = getattr(torch, dtype or DEFAULT_DTYPES[dev.type])
     repeats = repeats or DEFAULT_REPEATS[dev.type]
-    if all(x is None for x in (shapes, linear_shapes, distill_shapes, linear_distill_shapes, divergence_shapes)):
+    if all(x is None for x in (shapes, linear_shapes, distill_shapes, linear_distill_shapes, divergence_shapes,
+                               dpo_shapes)):
         shapes, linear_shapes = DEFAULT_SHAPES[dev.type], DEFAULT_LINEAR_SHAPES[dev.type]
         distill_shapes = DEFAULT_DISTILL_SHAPES[dev.type]
         linear_distill_shapes = DEFAULT_LINEAR_DISTILL_SHAPES[dev.type]
         divergence_shapes = DEFAULT_DIVERGENCE_SHAPES[dev.type]
+        dpo_shapes = DEFAULT_DPO_SHAPES[dev.type]
     cases = [("logits", s, Objective.parse(o)) for s in (shapes or []) for o in (objectives or DEFAULT_OBJECTIVES)]
     cases += [("linear", s, Objective.parse(o)) for s in (linear_shapes or [])
               for o in (objectives or DEFAULT_LINEAR_OBJECTIVES)]
@@ -372,6 +418,7 @@ def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, 
     cases += [("linear-distill", s, m) for s in (linear_distill_shapes or [])
               for m in (methods or DEFAULT_LINEAR_METHODS[dev.type])]
     cases += [("divergence", s, k) for s in (divergence_shapes or []) for k in (kinds or DEFAULT_KINDS)]
+    cases += [("dpo", s, "step") for s in (dpo_shapes or [])]
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -423,7 +470,7 @@ def main(args) -> int:
     results = run(device, parse(args.shape), parse(args.linear_shape), args.dtype, args.objective, args.repeats,
                   not args.no_compile, progress=not args.quiet, distill_shapes=parse(args.distill_shape),
                   linear_distill_shapes=parse(args.linear_distill_shape), methods=args.method,
-                  divergence_shapes=parse(args.divergence_shape), kinds=args.kind)
+                  divergence_shapes=parse(args.divergence_shape), kinds=args.kind, dpo_shapes=parse(args.dpo_shape))
     env = environment(device)
     print(f"objx bench on {env['device_name']} ({device}, {env['cpu_threads']} CPU threads), "
           f"fwd+bwd, median of {args.repeats or DEFAULT_REPEATS[torch.device(device).type]} runs; "

@@ -24,10 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--method", action="append",
                        help="distillation method, repeatable (default: ttm, wttm, jsd on logits; ttm fused)")
     bench.add_argument("--divergence-shape", action="append", metavar="NxV",
-                       help="vocabulary divergences, policy vs reference (default: 1024x32000 on CPU, "
+                       help="vocabulary divergences, policy vs reference (default: 512x32000 on CPU, "
                             "8192x128256 on CUDA)")
     bench.add_argument("--kind", action="append",
                        help="vocabulary divergence kind, repeatable (default: kl, js, hellinger, renyi)")
+    bench.add_argument("--dpo-shape", action="append", metavar="BxTxV",
+                       help="a full DPOKernelLoss step on B pairs of T tokens (default: 2x256x32000 on CPU, "
+                            "8x1024x128256 on CUDA)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"],
                        help="logits dtype (default: float32 on CPU, bfloat16 on CUDA)")
     bench.add_argument("--objective", action="append", help="objective to run, repeatable (default: all on logits; nll and -p fused)")

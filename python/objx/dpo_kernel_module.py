@@ -9,6 +9,7 @@ from torch import nn
 
 from .dpo_kernel_loss import dpo_kernel_loss
 from .kernels import _Kernel
+from .linear_prob_loss import linear_token_logprobs
 from .token_logprobs import token_logprobs
 from .vocab_divergence import vocab_divergence
 
@@ -51,8 +52,11 @@ class DPOKernelLoss(nn.Module):
         self.average_log_prob, self.ignore_index = average_log_prob, ignore_index
         self.token_embeddings = token_embeddings
 
-    def _scores(self, logits, labels):
-        logp = token_logprobs(logits, labels, ignore_index=self.ignore_index)
+    def _scores(self, logits, labels, weight=None):
+        if weight is None:
+            logp = token_logprobs(logits, labels, ignore_index=self.ignore_index)
+        else:  # logits is a hidden state [B, T, D] and weight its LM head: the fused path
+            logp = linear_token_logprobs(logits, weight, labels, ignore_index=self.ignore_index)
         counted = labels != self.ignore_index
         total = logp.sum(-1)
         return (total / counted.sum(-1).clamp(min=1) if self.average_log_prob else total), logp, counted
@@ -65,12 +69,24 @@ class DPOKernelLoss(nn.Module):
 
     def forward(self, policy_chosen_logits, policy_rejected_logits, ref_chosen_logits, ref_rejected_logits,
                 chosen_labels, rejected_labels, *, chosen_hidden=None, rejected_hidden=None, prompt_emb=None,
-                chosen_emb=None, rejected_emb=None):
-        pw, logp_w, counted_w = self._scores(policy_chosen_logits, chosen_labels)
-        pl, _, _ = self._scores(policy_rejected_logits, rejected_labels)
+                chosen_emb=None, rejected_emb=None, policy_weight=None, ref_weight=None):
+        """With policy_weight and ref_weight (the LM heads [V, D]) the four first arguments are last
+        hidden states [B, T, D] and every log-probability goes through the fused path (the logits are
+        never built); the vocabulary-divergence term needs logits and is unavailable there. The
+        policy's chosen/rejected hidden states then also serve for the kernel embeddings."""
+        fused = policy_weight is not None
+        if fused != (ref_weight is not None):
+            raise ValueError("objx.DPOKernelLoss: give both policy_weight and ref_weight, or neither")
+        if fused and self.divergence_coef != 0:
+            raise ValueError("objx.DPOKernelLoss: the divergence term needs logits; use divergence_coef=0 "
+                             "with hidden states and LM heads")
+        if fused and chosen_hidden is None:
+            chosen_hidden, rejected_hidden = policy_chosen_logits, policy_rejected_logits
+        pw, logp_w, counted_w = self._scores(policy_chosen_logits, chosen_labels, policy_weight)
+        pl, _, _ = self._scores(policy_rejected_logits, rejected_labels, policy_weight)
         with torch.no_grad():
-            rw, _, _ = self._scores(ref_chosen_logits, chosen_labels)
-            rl, _, _ = self._scores(ref_rejected_logits, rejected_labels)
+            rw, _, _ = self._scores(ref_chosen_logits, chosen_labels, ref_weight)
+            rl, _, _ = self._scores(ref_rejected_logits, rejected_labels, ref_weight)
         if self.kernel is not None and self.options["kernel_weight"] != 0 and chosen_emb is None:
             if chosen_hidden is None or rejected_hidden is None:
                 raise ValueError("objx.DPOKernelLoss: a kernel term needs embeddings or chosen/rejected hidden states")
