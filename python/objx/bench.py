@@ -29,10 +29,10 @@ from .vocab_divergence import vocab_divergence
 DEFAULT_OBJECTIVES = ["nll", "-p", "-p^10", "log1m", "-log p·1[p≥0.2]"]
 # Logits shapes (N, V) and fused LM-head shapes (N, D, V) per device.
 DEFAULT_SHAPES = {"cpu": [(2048, 32000)], "cuda": [(8192, 128256), (8192, 256000)]}
-DEFAULT_LINEAR_SHAPES = {"cpu": [(1024, 512, 32000)], "cuda": [(8192, 4096, 128256), (8192, 2304, 256000)]}
+DEFAULT_LINEAR_SHAPES = {"cpu": [(512, 512, 32000)], "cuda": [(8192, 4096, 128256), (8192, 2304, 256000)]}
 DEFAULT_LINEAR_OBJECTIVES = ["nll", "-p"]
 # Distillation (logits N x V, fused N x D x V) and its methods, at temperature DISTILL_T.
-DEFAULT_DISTILL_SHAPES = {"cpu": [(512, 32000)], "cuda": [(8192, 128256)]}
+DEFAULT_DISTILL_SHAPES = {"cpu": [(256, 32000)], "cuda": [(8192, 128256)]}
 DEFAULT_LINEAR_DISTILL_SHAPES = {"cpu": [(256, 256, 32000)], "cuda": [(8192, 2304, 256000)]}
 DEFAULT_METHODS = ["ttm", "wttm", "jsd"]
 DEFAULT_LINEAR_METHODS = {"cpu": ["ttm"], "cuda": ["ttm", "jsd"]}

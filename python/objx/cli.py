@@ -13,11 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rows x vocabulary, repeatable (default: 2048x32000 on CPU; "
                             "8192x128256 and 8192x256000 on CUDA)")
     bench.add_argument("--linear-shape", action="append", metavar="NxDxV",
-                       help="fused LM-head rows x hidden x vocabulary, repeatable (default: 1024x512x32000 on CPU; "
+                       help="fused LM-head rows x hidden x vocabulary, repeatable (default: 512x512x32000 on CPU; "
                             "8192x4096x128256 and 8192x2304x256000 on CUDA). Giving any shape option runs only "
                             "the families given")
     bench.add_argument("--distill-shape", action="append", metavar="NxV",
-                       help="distillation on logits (default: 512x32000 on CPU, 8192x128256 on CUDA)")
+                       help="distillation on logits (default: 256x32000 on CPU, 8192x128256 on CUDA)")
     bench.add_argument("--linear-distill-shape", action="append", metavar="NxDxV",
                        help="distillation fused with both LM heads (default: 256x256x32000 on CPU, "
                             "8192x2304x256000 on CUDA)")
