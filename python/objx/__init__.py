@@ -1,7 +1,7 @@
 """objx: fused, vocabulary-chunked training losses for LLM post-training."""
 
 from . import _ops  # noqa: F401  (registers the ops and their autograd)
-from . import kernels, reference
+from . import kernels, reference, select
 from ._build import build_info
 from .distill import DistillLoss, distill_loss
 from .dpo_kernel_loss import dpo_kernel_loss
@@ -19,6 +19,6 @@ __version__ = build_info()["version"]
 __all__ = [
     "DPOKernelLoss", "DistillLoss", "LinearDistillLoss", "LinearProbLoss", "Objective", "ProbLoss", "build_info",
     "distill_loss", "dpo_kernel_loss", "f_divergence_score", "kernels", "linear_distill_loss",
-    "linear_prob_loss", "linear_token_logprobs", "prob_loss", "reference", "token_logprobs",
+    "linear_prob_loss", "linear_token_logprobs", "prob_loss", "reference", "select", "token_logprobs",
     "vocab_divergence",
 ]

@@ -39,7 +39,48 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="write the results as JSON here")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("info", help="print how objx was built")
+    sel = sub.add_parser("select", help="pick an objective or a DPO kernel from data (SPEC §6)")
+    sel_sub = sel.add_subparsers(dest="what", required=True)
+    cap = sel_sub.add_parser("capability", help="capability regime and SFT objective from gold-token probabilities")
+    cap.add_argument("--probs", required=True, help=".pt or .npy file of gold-token probabilities")
+    dpo = sel_sub.add_parser("dpo", help="kernel choice from prompt/chosen/rejected embeddings")
+    dpo.add_argument("--embeddings", required=True,
+                     help=".pt file holding a dict with 'prompt', 'chosen' and 'rejected' [B, E] tensors")
     return parser
+
+
+def _load(path: str):
+    import torch
+
+    if path.endswith(".npy"):
+        import numpy as np
+
+        return torch.from_numpy(np.load(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _select(args) -> int:
+    from . import select
+
+    if args.what == "capability":
+        report = select.measure_capability(_load(args.probs))
+        objective = select.recommend_objective(report)
+        print(f"{'tokens':<12} {report.count}")
+        print(f"{'mean p':<12} {report.mean_p:.4f}")
+        for q, v in report.quantiles.items():
+            print(f"{f'p{int(q * 100)}':<12} {v:.4f}")
+        print(f"{'regime':<12} {report.regime}")
+        print(f"{'objective':<12} {objective.name}")
+        print(f"{'reason':<12} {objective.reason}")
+        return 0
+    data = _load(args.embeddings)
+    report = select.select_kernel(data["prompt"], data["chosen"], data["rejected"])
+    print(f"{'kernel':<12} {'PND':>9} {'PNC':>9} {'TAT':>9} {'NAG':>9}")
+    for name, m in report.metrics.items():
+        mark = "  <- best" if name == report.best else ""
+        print(f"{name:<12} {m['PND']:>9.4f} {m['PNC']:>9.4f} {m['TAT']:>9.4f} {m['NAG']:>9.4f}{mark}")
+    print(f"reason: {report.reason}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -48,6 +89,8 @@ def main(argv=None) -> int:
         from . import bench
 
         return bench.main(args)
+    if args.command == "select":
+        return _select(args)
     if args.command == "info":
         import json
 
