@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "objx/acc_type.h"
 #include "objx/distill.h"
 #include "objx/prob_loss.h"
 #include "objx/math/distill.h"
@@ -22,9 +23,6 @@ using math::DistillParams;
 using math::DistillRow;
 
 constexpr int64_t kPiece = 1024;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "objx/acc_type.h"
 #include "objx/math/online_lse.h"
 #include "objx/math/prob_objective.h"
 #include "objx/nvtx.h"
@@ -32,9 +33,6 @@ using math::ProbLossParams;
 constexpr int64_t kPiece = 2048;
 // Rows per parallel task: enough work to amortise scheduling for small V.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Load a piece in the accumulation type (soft-capped if asked); used in place when it already is.
 template <typename scalar_t, typename acc_t>

@@ -7,6 +7,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "objx/acc_type.h"
 #include "objx/math/online_lse.h"
 #include "objx/math/vocab_divergence.h"
 #include "objx/prob_loss.h"
@@ -20,9 +21,6 @@ using math::DivParams;
 using math::DivRow;
 
 constexpr int64_t kPiece = 1024;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "block_reduce.cuh"
+#include "objx/acc_type.h"
 #include "objx/distill.h"
 #include "objx/prob_loss.h"
 #include "objx/math/distill.h"
@@ -24,9 +25,6 @@ using math::LseState;
 
 constexpr int kThreads = 256;
 constexpr int kBadTarget = 0, kEmptyRow = 1;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 template <typename acc_t>
 struct DistillOutputs {

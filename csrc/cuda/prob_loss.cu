@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "block_reduce.cuh"
+#include "objx/acc_type.h"
 #include "objx/math/online_lse.h"
 #include "objx/math/prob_objective.h"
 #include "objx/nvtx.h"
@@ -25,9 +26,6 @@ using math::LseState;
 using math::ProbLossParams;
 
 constexpr int kThreads = 256;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 template <typename scalar_t>
 struct alignas(16) Pack {

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "block_reduce.cuh"
+#include "objx/acc_type.h"
 #include "objx/math/online_lse.h"
 #include "objx/math/vocab_divergence.h"
 #include "objx/prob_loss.h"
@@ -22,9 +23,6 @@ using math::DivParams;
 using math::DivRow;
 
 constexpr int kThreads = 256;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) vocab_divergence_kernel(

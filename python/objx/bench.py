@@ -346,25 +346,21 @@ def time_fwd_bwd(fn, bases, target, repeats: int, clone_input: bool) -> float:
     return statistics.median(times)
 
 
+# family -> (inputs maker, implementations for one objective / method / kind)
+FAMILIES = {
+    "logits": (make_logits, logits_implementations),
+    "linear": (make_head, linear_implementations),
+    "distill": (make_distill, distill_implementations),
+    "linear-distill": (make_two_heads, linear_distill_implementations),
+    "divergence": (make_policy_ref, divergence_implementations),
+    "dpo": (make_dpo_batch, dpo_implementations),
+}
+
+
 def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) -> list[Result]:
-    if family == "logits":
-        bases, target = make_logits(*shape, dt, dev)
-        impls = logits_implementations(objective, dev, use_compile)
-    elif family == "linear":
-        bases, target = make_head(*shape, dt, dev)
-        impls = linear_implementations(objective, dev, use_compile)
-    elif family == "distill":
-        bases, target = make_distill(*shape, dt, dev)
-        impls = distill_implementations(objective, dev, use_compile)
-    elif family == "linear-distill":
-        bases, target = make_two_heads(*shape, dt, dev)
-        impls = linear_distill_implementations(objective, dev, use_compile)
-    elif family == "divergence":
-        bases, target = make_policy_ref(*shape, dt, dev)
-        impls = divergence_implementations(objective, dev, use_compile)
-    else:
-        bases, target = make_dpo_batch(*shape, dt, dev)
-        impls = dpo_implementations(objective, dev, use_compile)
+    make_inputs, implementations = FAMILIES[family]
+    bases, target = make_inputs(*shape, dt, dev)
+    impls = implementations(objective, dev, use_compile)
     shape_s = "x".join(str(v) for v in shape)
     dtype_s = str(dt).split(".")[-1]
     results, objx_loss = [], None
