@@ -1,4 +1,4 @@
-// Device dispatch of the kernels that host code (the fused LM-head losses) calls directly; their
+// Device dispatch of the kernels that host code (op entry points, the fused LM-head losses) calls; their
 // CPU and CUDA bodies live beside the logits kernels of the same family.
 #include <limits>
 
@@ -7,6 +7,7 @@
 
 #include "objx/distill.h"
 #include "objx/prob_loss_chunks.h"
+#include "objx/vocab_divergence.h"
 
 namespace objx {
 namespace {
@@ -65,6 +66,24 @@ at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& sa
   if (!in.student.is_cuda()) return cpu::distill_rows_backward(in, saved);
 #ifdef OBJX_WITH_CUDA
   return cuda::distill_rows_backward(in, saved);
+#else
+  no_cuda();
+#endif
+}
+
+DivForward vocab_divergence_rows(const DivInputs& in) {
+  if (!in.policy.is_cuda()) return cpu::vocab_divergence_rows(in);
+#ifdef OBJX_WITH_CUDA
+  return cuda::vocab_divergence_rows(in);
+#else
+  no_cuda();
+#endif
+}
+
+at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats) {
+  if (!in.policy.is_cuda()) return cpu::vocab_divergence_rows_backward(in, grad_div, stats);
+#ifdef OBJX_WITH_CUDA
+  return cuda::vocab_divergence_rows_backward(in, grad_div, stats);
 #else
   no_cuda();
 #endif

@@ -60,20 +60,10 @@ DivInputs prepare(const at::Tensor& policy, const at::Tensor& ref, std::string k
   return {std::move(kind), alpha, unit(policy), unit(ref), mask ? mask->contiguous() : at::Tensor()};
 }
 
-[[noreturn, maybe_unused]] void no_cuda() {
-  TORCH_CHECK(false, "objx was built without CUDA kernels (objx.build_info()); rebuild with nvcc available");
-}
-
 DivForward vocab_divergence_forward(const at::Tensor& policy, const at::Tensor& ref, std::string kind,
                                     double div_alpha, const std::optional<at::Tensor>& mask) {
   NvtxRange range("objx::vocab_divergence_forward");
-  const auto in = prepare(policy, ref, std::move(kind), div_alpha, mask);
-  if (!in.policy.is_cuda()) return cpu::vocab_divergence_rows(in);
-#ifdef OBJX_WITH_CUDA
-  return cuda::vocab_divergence_rows(in);
-#else
-  no_cuda();
-#endif
+  return vocab_divergence_rows(prepare(policy, ref, std::move(kind), div_alpha, mask));
 }
 
 at::Tensor vocab_divergence_backward(const at::Tensor& grad_div, const at::Tensor& policy, const at::Tensor& ref,
@@ -89,13 +79,7 @@ at::Tensor vocab_divergence_backward(const at::Tensor& grad_div, const at::Tenso
                         stats.scalar_type() == acc && stats.device() == in.policy.device(),
                     kFn, "_backward: stats must be [", rows, ", ", math::kDivRowStats, "] ", acc);
   const auto g = grad_div.to(acc).contiguous();
-  const auto st = stats.contiguous();
-  if (!in.policy.is_cuda()) return cpu::vocab_divergence_rows_backward(in, g, st);
-#ifdef OBJX_WITH_CUDA
-  return cuda::vocab_divergence_rows_backward(in, g, st);
-#else
-  no_cuda();
-#endif
+  return vocab_divergence_rows_backward(in, g, stats.contiguous());
 }
 
 }  // namespace

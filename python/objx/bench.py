@@ -259,13 +259,6 @@ def dpo_implementations(kind: str, device: torch.device, use_compile: bool) -> d
     return impls
 
 
-def _peer_cross_entropy(device):
-    """Liger's cross-entropy, when installed (GPU only)."""
-    from liger_kernel.transformers import LigerCrossEntropyLoss
-
-    return LigerCrossEntropyLoss()
-
-
 def logits_implementations(objective: Objective, device: torch.device, use_compile: bool) -> dict:
     """name -> (callable(logits, target) -> loss, needs a fresh copy of the input each call)."""
     impls: dict[str, tuple[Callable, bool]] = {
@@ -276,7 +269,9 @@ def logits_implementations(objective: Objective, device: torch.device, use_compi
         impls["compile"] = (torch.compile(functools.partial(eager.prob_loss, objective=objective)), False)
     if device.type == "cuda" and objective == Objective("nll"):
         try:
-            impls["liger"] = (_peer_cross_entropy(device), True)  # writes its gradient into the input
+            from liger_kernel.transformers import LigerCrossEntropyLoss
+
+            impls["liger"] = (LigerCrossEntropyLoss(), True)  # writes its gradient into the input
         except Exception:  # noqa: BLE001 - optional peer; absent or broken means "not compared"
             pass
     return impls

@@ -6,23 +6,14 @@ from typing import Optional
 import torch
 
 from ._args import check_reduction, flatten_rows, reduce_rows
+from ._tiles import tile_budget_bytes
 from .distill import METHODS
-
-_CPU_BLOCK_BYTES = 64 << 20
-_CUDA_BLOCK_BYTES = (64 << 20, 1 << 30)
-
 
 def auto_row_block(rows: int, vocab: int, device: torch.device) -> int:
     """Rows per block: each float32 logits tile (student, teacher, the student's gradient) within
-    budget. On CPU a tile is kept at 64 MB: tiles under glibc's 32 MB mmap threshold came from the
-    heap and were not reused across blocks (2.8 GB resident after one fused forward, measured)."""
-    if device.type == "cuda" and not torch.compiler.is_compiling():
-        free, _total = torch.cuda.mem_get_info(device)
-        budget = min(max(free // 16, _CUDA_BLOCK_BYTES[0]), _CUDA_BLOCK_BYTES[1])
-    else:
-        budget = _CPU_BLOCK_BYTES if device.type == "cpu" else _CUDA_BLOCK_BYTES[0]
+    the tile budget; on CPU one tile takes the whole budget (see objx._tiles)."""
     tiles = 1 if device.type == "cpu" else 3
-    return int(max(1, min(max(rows, 1), budget // (tiles * 4 * max(vocab, 1)))))
+    return int(max(1, min(max(rows, 1), tile_budget_bytes(device) // (tiles * 4 * max(vocab, 1)))))
 
 
 def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor, teacher_hidden: torch.Tensor,

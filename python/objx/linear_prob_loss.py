@@ -6,24 +6,14 @@ from typing import Optional, Union
 import torch
 
 from ._args import check_reduction, flatten_rows, reduce_rows
+from ._tiles import tile_budget_bytes
 from .objective import Objective, resolve_objective
-
-# Bytes one logits tile may take: CPU keeps it cache- and RAM-friendly; on CUDA a slice of the
-# free memory, capped so that the GEMMs stay large but the tile stays small next to the model.
-_CPU_TILE_BYTES = 64 << 20
-_CUDA_TILE_BYTES = (64 << 20, 1 << 30)
-
 
 def auto_chunk_size(rows: int, dim: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
     """Vocabulary columns per tile, from N, D, V and (on CUDA) free memory."""
-    if device.type == "cuda" and not torch.compiler.is_compiling():
-        free, _total = torch.cuda.mem_get_info(device)
-        budget = min(max(free // 16, _CUDA_TILE_BYTES[0]), _CUDA_TILE_BYTES[1])
-    else:
-        budget = _CPU_TILE_BYTES if device.type == "cpu" else _CUDA_TILE_BYTES[0]
     # A tile of logits plus its gradient in place, and the per-row float32 state.
     per_column = max(rows, 1) * max(torch.finfo(dtype).bits // 8, 4)
-    columns = max(budget // per_column, 256)
+    columns = max(tile_budget_bytes(device) // per_column, 256)
     columns = columns // 256 * 256
     return int(min(columns, vocab))
 

@@ -24,6 +24,9 @@ math::DivParams<acc_t> make_div_params(const DivInputs& in);
 // Forward: per-row D (0 where masked out) and the [N, 4] row statistics of the backward.
 using DivForward = std::tuple<at::Tensor, at::Tensor>;
 
+// The kernels on checked inputs (CPU and CUDA bodies; the plain names pick by device).
+DivForward vocab_divergence_rows(const DivInputs& in);
+at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats);
 namespace cpu {
 DivForward vocab_divergence_rows(const DivInputs& in);
 at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats);

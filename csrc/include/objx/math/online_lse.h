@@ -34,11 +34,6 @@ OBJX_HD LseState<acc_t> lse_merge(LseState<acc_t> a, LseState<acc_t> b) {
   return {m, a.sum * exp_shifted(a.max, m) + b.sum * exp_shifted(b.max, m)};
 }
 
-template <typename acc_t>
-OBJX_HD LseState<acc_t> lse_push(LseState<acc_t> s, acc_t x) {
-  return lse_merge(s, LseState<acc_t>{x, acc_t(1)});
-}
-
 // Adds one logit with a single exp: rescale only when the maximum moves.
 template <typename acc_t>
 OBJX_HD void lse_add(LseState<acc_t>& s, acc_t x) {
