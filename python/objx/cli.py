@@ -46,7 +46,39 @@ def build_parser() -> argparse.ArgumentParser:
     dpo = sel_sub.add_parser("dpo", help="kernel choice from prompt/chosen/rejected embeddings")
     dpo.add_argument("--embeddings", required=True,
                      help=".pt file holding a dict with 'prompt', 'chosen' and 'rejected' [B, E] tensors")
+    demo = sub.add_parser("demo", help="the capability continuum in miniature: pre-train a small transformer, "
+                                       "fine-tune it with four objectives, check objx's recommendation (CPU, minutes)")
+    demo.add_argument("--out", default="objx-demo", help="folder for table.txt, curves.png, results.json")
+    demo.add_argument("--seeds", type=int, help="independent repetitions (default: 3; 1 with --quick)")
+    demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run; its numbers mean nothing")
+    demo.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _demo(args) -> int:
+    import dataclasses
+    import os
+
+    from . import demo
+
+    config = demo.DemoConfig.quick() if args.quick else demo.DemoConfig()
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise SystemExit("objx demo: --seeds must be at least 1")
+        config = dataclasses.replace(config, seeds=tuple(range(args.seeds)))
+    result = demo.run(config, progress=not args.quiet)
+    os.makedirs(args.out, exist_ok=True)
+    text = demo.table(result)
+    print(text)
+    with open(os.path.join(args.out, "table.txt"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        f.write(demo.to_json(result))
+    if not args.no_plot:
+        demo.plot(result, os.path.join(args.out, "curves.png"))
+    print(f"\nwrote {args.out}/table.txt, results.json" + ("" if args.no_plot else ", curves.png"))
+    return 0
 
 
 def _load(path: str):
@@ -91,6 +123,8 @@ def main(argv=None) -> int:
         return bench.main(args)
     if args.command == "select":
         return _select(args)
+    if args.command == "demo":
+        return _demo(args)
     if args.command == "info":
         import json
 
