@@ -5,7 +5,9 @@ from typing import Optional
 
 import torch
 
+from . import sharded_losses
 from ._args import check_reduction, flatten_rows, reduce_rows
+from ._dtensor import gathered_weight
 from ._tiles import tile_budget_bytes
 from .distill import METHODS
 
@@ -22,7 +24,7 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
                         method: str = "ttm", temperature: float = 1.0, beta: float = 0.5, hard_weight: float = 1.0,
                         soft_weight: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
                         chunk_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
-                        return_terms: bool = False):
+                        return_terms: bool = False, process_group=None):
     """distill_loss(student_hidden @ student_weight.T + student_bias, teacher_hidden @ teacher_weight.T
     + teacher_bias, target, ...) without either [N, V] logits tensor.
 
@@ -30,6 +32,8 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     [V, D_t]. chunk_size: rows per block (from V and free memory when None). grad_in_forward: the
     student head's gradients are computed in the forward (default for "mean"/"sum" when needed;
     its backward runs once), else the backward recomputes both heads' logits block by block.
+    process_group: both heads are this rank's vocabulary shard, the hidden states the same on every
+    rank (SPEC §4); grad of student_hidden is summed over the group (objx.sharded_losses).
     """
     check_reduction(reduction)
     if method not in METHODS:
@@ -43,6 +47,14 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     hs, t_rows = flatten_rows("objx.linear_distill_loss", student_hidden, shape_target, name="student_hidden",
                               last="D")
     ht, _ = flatten_rows("objx.linear_distill_loss", teacher_hidden, shape_target, name="teacher_hidden", last="D")
+    student_weight = gathered_weight(student_weight, "objx.linear_distill_loss", process_group)
+    teacher_weight = gathered_weight(teacher_weight, "objx.linear_distill_loss", process_group)
+    if process_group is not None:
+        return sharded_losses.linear_distill_loss(
+            "objx.linear_distill_loss", hs, student_weight, student_bias, ht, teacher_weight, teacher_bias,
+            t_rows if target is not None else None, shape_target.shape, ignore_index=ignore_index,
+            reduction=reduction, return_terms=return_terms, process_group=process_group, chunk_size=chunk_size,
+            method=method, temperature=temperature, beta=beta, hard_weight=hard_weight, soft_weight=soft_weight)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (student_hidden, student_weight, student_bias))
     if grad_in_forward is None:

@@ -5,7 +5,9 @@ from typing import Optional, Union
 
 import torch
 
+from . import sharded_losses
 from ._args import check_reduction, flatten_rows, reduce_rows
+from ._dtensor import gathered_weight
 from ._tiles import tile_budget_bytes
 from .objective import Objective, resolve_objective
 
@@ -23,7 +25,8 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
                      alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
                      ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                      z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
-                     chunk_size: Optional[int] = None, grad_in_forward: Optional[bool] = None):
+                     chunk_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
+                     process_group=None):
     """prob_loss(hidden @ weight.T + bias, target, objective, ...) without the [N, V] logits.
 
     hidden [..., D], weight [V, D], bias [V] or None, target [...]. The logits are made one
@@ -31,6 +34,9 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     shapes and free memory when None). grad_in_forward=True computes the gradients during the
     forward from row blocks with every column (one GEMM pass fewer; needs reduction "mean" or
     "sum"); by default it is on for those reductions when a gradient will be needed.
+    process_group: weight (and bias) are this rank's vocabulary shard of the LM head and hidden is
+    the same on every rank (SPEC §4); grad_hidden is summed over the group. That path runs in
+    PyTorch, row blocks of chunk_size rows (objx.sharded_losses).
     """
     check_reduction(reduction)
     obj = resolve_objective(objective, alpha, min_prob, max_prob)
@@ -39,6 +45,12 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
         raise TypeError(f"objx.linear_prob_loss: weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 2:
         raise ValueError(f"objx.linear_prob_loss: weight must be 2-D [V, D], got shape {tuple(weight.shape)}")
+    weight = gathered_weight(weight, "objx.linear_prob_loss", process_group)
+    if process_group is not None:
+        return sharded_losses.linear_prob_loss(
+            "objx.linear_prob_loss", rows_hidden, weight, bias, rows_target, obj, target.shape,
+            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+            softcap=softcap, return_token_prob=return_token_prob, process_group=process_group, chunk_size=chunk_size)
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     if grad_in_forward is None:
@@ -61,11 +73,13 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                           bias: Optional[torch.Tensor] = None, *, ignore_index: int = -100,
-                          chunk_size: Optional[int] = None) -> torch.Tensor:
+                          chunk_size: Optional[int] = None, process_group=None) -> torch.Tensor:
     """log p(target) per row of hidden @ weight.T + bias (SPEC §3.1), 0 for ignored rows;
-    differentiable in hidden, weight and bias; the logits are never built."""
+    differentiable in hidden, weight and bias; the logits are never built. process_group: as in
+    linear_prob_loss."""
     return -linear_prob_loss(hidden, weight, target, bias, "nll", ignore_index=ignore_index,
-                             reduction="none", chunk_size=chunk_size, grad_in_forward=False)
+                             reduction="none", chunk_size=chunk_size, grad_in_forward=False,
+                             process_group=process_group)
 
 
 class LinearProbLoss(torch.nn.Module):
@@ -75,13 +89,13 @@ class LinearProbLoss(torch.nn.Module):
                  min_prob: Optional[float] = None, max_prob: Optional[float] = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                  softcap: Optional[float] = None, return_token_prob: bool = False,
-                 chunk_size: Optional[int] = None, grad_in_forward: Optional[bool] = None):
+                 chunk_size: Optional[int] = None, grad_in_forward: Optional[bool] = None, process_group=None):
         super().__init__()
         check_reduction(reduction)
         self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
         self.kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                            z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
-                           chunk_size=chunk_size, grad_in_forward=grad_in_forward)
+                           chunk_size=chunk_size, grad_in_forward=grad_in_forward, process_group=process_group)
 
     def forward(self, hidden, weight, target, bias=None):
         return linear_prob_loss(hidden, weight, target, bias, self.objective, **self.kwargs)

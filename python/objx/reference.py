@@ -6,6 +6,7 @@ from typing import Optional, Union
 import torch
 
 from ._args import check_reduction, flatten_rows, reduce_rows
+from ._vocabulary import WHOLE
 from .objective import Objective, resolve_objective
 
 
@@ -25,13 +26,27 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
               alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
               ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
               z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
-              dtype: torch.dtype = torch.float64):
-    """SPEC §1 in plain PyTorch, computed in `dtype` (float64 by default)."""
+              dtype: torch.dtype = torch.float64, vocab=WHOLE):
+    """SPEC §1 in plain PyTorch, computed in `dtype` (float64 by default). `vocab` says how sums over
+    the vocabulary are taken: whole rows, or a vocabulary-parallel shard (objx.vocab_parallel)."""
     check_reduction(reduction)
     obj = resolve_objective(objective, alpha, min_prob, max_prob)
+    z, y = flatten_rows("objx.reference.prob_loss", logits, target)
+    rows, counted, token_prob = prob_loss_rows(z, y, obj, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                               z_loss=z_loss, softcap=softcap, dtype=dtype, vocab=vocab)
+    loss = reduce_rows(rows, counted, reduction, target.shape)
+    if return_token_prob:
+        return loss, token_prob.reshape(target.shape)
+    return loss
+
+
+def prob_loss_rows(z: torch.Tensor, y: torch.Tensor, obj: Objective, *, ignore_index: int = -100,
+                   label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: Optional[float] = None,
+                   dtype: torch.dtype = torch.float64, vocab=WHOLE):
+    """Rows of logits [N, V] and targets [N] -> (per-row loss, 0 where not counted; counted; p_y, 0
+    where ignored), computed in `dtype`."""
     if label_smoothing and obj.kind != "nll":
         raise ValueError("label_smoothing is only defined for objective 'nll'")
-    z, y = flatten_rows("objx.reference.prob_loss", logits, target)
     z = z.to(dtype)
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
@@ -41,26 +56,23 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     # Which rows count is a constant of this step (SPEC §1): find it without autograd, then keep
     # uncounted rows out of the graph so that their -inf/NaN cannot leak into gradients.
     with torch.no_grad():
-        p_all = (z.gather(1, y_safe[:, None]).squeeze(1) - torch.logsumexp(z, dim=1)).exp()
+        p_all = vocab.target_logprob(z, y_safe).exp()
         counted = valid.clone()
         if obj.min_prob is not None:
             counted &= ~(p_all < obj.min_prob)
         if obj.max_prob is not None:
             counted &= ~(p_all > obj.max_prob)
     zc = torch.where(counted[:, None], z, torch.zeros_like(z))
-    lse = torch.logsumexp(zc, dim=1)
-    # log_softmax keeps log p exact near p = 1, where lse - z_y would cancel.
-    logp = torch.log_softmax(zc, dim=1).gather(1, y_safe[:, None]).squeeze(1)
+    lse = vocab.lse(zc)
+    # Not lse - z_y: that cancels near p = 1, where log p must stay exact.
+    logp = vocab.target_logprob(zc, y_safe)
     if label_smoothing:
-        f = (1 - label_smoothing) * (-logp) + label_smoothing * (lse - zc.mean(dim=1))
+        f = (1 - label_smoothing) * (-logp) + label_smoothing * (lse - vocab.mean(zc))
     else:
         f = _objective_value(obj, logp)
     f = f + z_loss * lse * lse
     rows = torch.where(counted, f, torch.zeros_like(f))
-    loss = reduce_rows(rows, counted, reduction, target.shape)
-    if return_token_prob:
-        return loss, torch.where(valid, p_all, torch.zeros_like(p_all)).reshape(target.shape)
-    return loss
+    return rows, counted, torch.where(valid, p_all, torch.zeros_like(p_all))
 
 
 def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
@@ -76,19 +88,32 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: Optional[torch.Tensor] = None,
                  *, method: str = "ttm", temperature: float = 1.0, beta: float = 0.5, hard_weight: float = 1.0,
                  soft_weight: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
-                 dtype: torch.dtype = torch.float64):
-    """SPEC §2 in plain PyTorch (full softmaxes), computed in `dtype`."""
+                 dtype: torch.dtype = torch.float64, vocab=WHOLE):
+    """SPEC §2 in plain PyTorch (full softmaxes), computed in `dtype`; `vocab` as in prob_loss."""
     check_reduction(reduction)
     shape = student_logits.shape[:-1]
-    s = student_logits.reshape(-1, student_logits.shape[-1]).to(dtype)
-    t = teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(dtype).detach()
+    rows, counted, _terms = distill_rows(
+        student_logits.reshape(-1, student_logits.shape[-1]), teacher_logits.reshape(-1, teacher_logits.shape[-1]),
+        None if target is None else target.reshape(-1), method=method, temperature=temperature, beta=beta,
+        hard_weight=hard_weight, soft_weight=soft_weight, ignore_index=ignore_index, dtype=dtype, vocab=vocab)
+    return reduce_rows(rows, counted, reduction, shape)
+
+
+def distill_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: Optional[torch.Tensor], *,
+                 method: str = "ttm", temperature: float = 1.0, beta: float = 0.5, hard_weight: float = 1.0,
+                 soft_weight: float = 1.0, ignore_index: int = -100, dtype: torch.dtype = torch.float64, vocab=WHOLE):
+    """Rows [N, V] (and targets [N] or None) -> (per-row loss, 0 where not counted; counted;
+    {"soft", "hard", "U"} per row), computed in `dtype`."""
+    s = student_logits.to(dtype)
+    t = teacher_logits.to(dtype).detach()
     T = float(temperature)
-    log_q1 = torch.log_softmax(s, -1)
-    log_qT = torch.log_softmax(s / T, -1)
-    log_pT = torch.log_softmax(t / T, -1)
+    log_q1 = vocab.log_softmax(s)
+    log_qT = vocab.log_softmax(s / T)
+    log_pT = vocab.log_softmax(t / T)
+    u = torch.exp(vocab.lse(t / T) - vocab.lse(t) / T)  # WTTM's weight; a constant (the teacher is detached)
 
     def kl(log_a, log_b):  # sum a (log a - log b), with 0 log 0 = 0
-        return torch.where(log_a == float("-inf"), torch.zeros_like(log_a), log_a.exp() * (log_a - log_b)).sum(-1)
+        return vocab.sum(torch.where(log_a == float("-inf"), torch.zeros_like(log_a), log_a.exp() * (log_a - log_b)))
 
     if method == "jsd" and beta == 0:
         method = "forward_kl"
@@ -97,7 +122,6 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     if method in ("ttm", "wttm"):
         soft = kl(log_pT, log_q1)
         if method == "wttm":
-            u = torch.exp(torch.logsumexp(t / T, -1) - torch.logsumexp(t, -1) / T)
             soft = u * soft
     elif method == "kd":
         soft = T * T * kl(log_pT, log_qT)
@@ -110,18 +134,18 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
                                 log_qT + torch.log(torch.tensor(1 - beta, dtype=dtype)))
         soft = beta * kl(log_pT, log_m) + (1 - beta) * kl(log_qT, log_m)
     elif method == "tvd":
-        soft = 0.5 * (log_pT.exp() - log_qT.exp()).abs().sum(-1)
+        soft = 0.5 * vocab.sum((log_pT.exp() - log_qT.exp()).abs())
     else:
         raise ValueError(f"unknown method {method!r}")
     if target is not None:
-        y = target.reshape(-1)
+        y = target
         counted = y != ignore_index
-        hard = -log_q1.gather(1, torch.where(counted, y, 0)[:, None]).squeeze(1)
+        hard = -vocab.target_logprob(s, torch.where(counted, y, 0))
     else:
         counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
         hard = torch.zeros_like(soft)
     rows = torch.where(counted, hard_weight * hard + soft_weight * soft, torch.zeros_like(soft))
-    return reduce_rows(rows, counted, reduction, shape)
+    return rows, counted, {"soft": soft, "hard": hard, "U": u}
 
 
 def linear_distill_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, target=None, *,
@@ -137,10 +161,11 @@ def linear_distill_loss(student_hidden, student_weight, teacher_hidden, teacher_
 
 
 def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind: str = "kl", *,
-                     div_alpha: float = 0.5, mask: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float64):
-    """SPEC §3.4 with full softmaxes, in `dtype`; the reference is detached."""
-    lp = torch.log_softmax(policy_logits.to(dtype), -1)
-    lq = torch.log_softmax(ref_logits.to(dtype).detach(), -1)
+                     div_alpha: float = 0.5, mask: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float64,
+                     vocab=WHOLE):
+    """SPEC §3.4 with full softmaxes, in `dtype`; the reference is detached; `vocab` as in prob_loss."""
+    lp = vocab.log_softmax(policy_logits.to(dtype))
+    lq = vocab.log_softmax(ref_logits.to(dtype).detach())
     ninf = float("-inf")
 
     # Entries where x = 0 contribute 0; their logs are replaced by 0 before the arithmetic so that
@@ -148,12 +173,12 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
     def xlog(log_x, log_y):  # sum x (log x - log y), 0 log 0 = 0
         zero = log_x == ninf
         lx, ly = torch.where(zero, 0.0, log_x), torch.where(zero, 0.0, log_y)
-        return torch.where(zero, torch.zeros_like(lx), lx.exp() * (lx - ly)).sum(-1)
+        return vocab.sum(torch.where(zero, torch.zeros_like(lx), lx.exp() * (lx - ly)))
 
     def power_mean(a):  # sum p^a q^(1-a); 0 outside both supports, and where p = 0 for a > 0
         zero = (lp == ninf) & ((lq == ninf) | (a > 0))
         lx, ly = torch.where(zero, 0.0, lp), torch.where(zero, 0.0, lq)
-        return torch.where(zero, torch.zeros_like(lx), torch.exp(a * lx + (1 - a) * ly)).sum(-1)
+        return vocab.sum(torch.where(zero, torch.zeros_like(lx), torch.exp(a * lx + (1 - a) * ly)))
 
     if kind == "kl":
         d = xlog(lp, lq)
@@ -166,14 +191,14 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
         lm = torch.where(both, ninf, lm)
         d = 0.5 * xlog(lp, lm) + 0.5 * xlog(lq, lm)
     elif kind in ("hellinger", "bhattacharyya"):
-        bc = torch.exp(0.5 * (lp + lq)).sum(-1)
+        bc = vocab.sum(torch.exp(0.5 * (lp + lq)))
         d = 1 - bc if kind == "hellinger" else -torch.log(bc)
     elif kind == "renyi":
         d = torch.log(power_mean(div_alpha)) / (div_alpha - 1)
     elif kind == "alpha":
         d = (1 - power_mean(div_alpha)) / (div_alpha * (1 - div_alpha))
     elif kind == "tv":
-        d = 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
+        d = 0.5 * vocab.sum((lp.exp() - lq.exp()).abs())
     else:
         raise ValueError(f"unknown kind {kind!r}")
     if mask is not None:

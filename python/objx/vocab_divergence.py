@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from . import sharded_losses
 from ._args import flatten_rows
 from .wasserstein import wasserstein_divergence
 
@@ -13,16 +14,20 @@ KINDS = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "alpha
 
 def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind: str = "kl", *,
                      div_alpha: float = 0.5, mask: Optional[torch.Tensor] = None,
-                     token_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     token_embeddings: Optional[torch.Tensor] = None, process_group=None) -> torch.Tensor:
     """D(softmax(policy_logits) || softmax(ref_logits)) per row of [..., V] logits -> [...].
 
     kind: "kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi" (order div_alpha > 0,
     != 1), "alpha" (Amari, div_alpha not in {0, 1}), "tv" (objx kernels, chunked over V), or
     "wasserstein" (entropic OT on the top-64 union with cost 1 - cos over token_embeddings [V, E],
     in PyTorch). Rows where mask [...] is False give 0 and no gradient. Differentiable in
-    policy_logits; the reference gets no gradient.
+    policy_logits; the reference gets no gradient. process_group: both logits are this rank's
+    vocabulary shard (SPEC §4; every kind but "wasserstein", whose top-k needs whole rows).
     """
     if kind == "wasserstein":
+        if process_group is not None:
+            raise ValueError("objx.vocab_divergence: kind 'wasserstein' does not take a process_group (its top-k "
+                             "support needs whole rows); gather the logits first")
         if token_embeddings is None:
             raise ValueError("objx.vocab_divergence: kind 'wasserstein' needs token_embeddings [V, E]")
         shape, v = policy_logits.shape[:-1], policy_logits.shape[-1]
@@ -42,5 +47,8 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
         if not isinstance(mask, torch.Tensor) or mask.shape != shape:
             raise ValueError(f"objx.vocab_divergence: mask must have shape {tuple(shape)}")
         mask = mask.reshape(-1).to(torch.bool)
+    if process_group is not None:
+        return sharded_losses.vocab_divergence("objx.vocab_divergence", z, r, kind, float(div_alpha), mask,
+                                               process_group=process_group).reshape(shape)
     div, _stats = torch.ops.objx.vocab_divergence_forward(z, r, kind, float(div_alpha), mask)
     return div.reshape(shape)

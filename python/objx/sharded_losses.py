@@ -1,0 +1,123 @@
+"""The vocabulary-parallel forms of objx's losses (process_group=...; SPEC §4): each rank passes its
+vocabulary shard of the logits (or of the LM head) and gets the unsharded loss. The formulas are
+objx.reference's, evaluated through objx.vocab_parallel.ShardedVocabulary in float32 (float64 for
+float64 inputs). The LM-head forms build the logits shard one row block at a time under activation
+checkpointing, so at most one block of [rows, V / P] logits (and its temporaries) is alive."""
+
+from typing import Optional
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from . import reference
+from ._args import reduce_rows
+from ._tiles import tile_budget_bytes
+from .objective import Objective
+from .vocab_parallel import ShardedVocabulary, check_group, check_targets, compute_dtype, replicated_to_shard
+
+# Temporaries the reference formulas keep per logits entry (logits, masked copy, log-softmax, exp).
+_LIVE_COPIES = 6
+
+
+def _row_block(rows: int, local_vocab: int, device: torch.device) -> int:
+    return int(max(1, min(max(rows, 1), tile_budget_bytes(device) // (_LIVE_COPIES * 4 * max(local_vocab, 1)))))
+
+
+def _head(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype) -> torch.Tensor:
+    logits = hidden.to(dtype) @ weight.to(dtype).T
+    return logits if bias is None else logits + bias.to(dtype)
+
+
+def _blocks(fn, rows: int, block: int, *tensors):
+    """fn(*row slices of tensors) -> tuple of per-row tensors, concatenated over row blocks; each
+    block recomputed in the backward (its collectives too: every rank replays them in order)."""
+    outs = []
+    for start in range(0, rows, block):
+        part = [t[start:start + block] if t is not None else None for t in tensors]
+        if torch.is_grad_enabled():
+            outs.append(checkpoint(fn, *part, use_reentrant=False))
+        else:
+            outs.append(fn(*part))
+    if not outs:
+        return fn(*[t[:0] if t is not None else None for t in tensors])
+    return tuple(torch.cat(parts) for parts in zip(*outs))
+
+
+def prob_loss(fn: str, z: torch.Tensor, y: torch.Tensor, obj: Objective, shape, *, ignore_index, reduction,
+              label_smoothing, z_loss, softcap, return_token_prob, process_group):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
+    check_targets(fn, y, vocab, ignore_index)
+    rows, counted, p = reference.prob_loss_rows(z, y, obj, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                                z_loss=z_loss, softcap=softcap, dtype=compute_dtype(z), vocab=vocab)
+    loss = reduce_rows(rows, counted, reduction, shape)
+    return (loss, p.to(torch.float32).reshape(shape)) if return_token_prob else loss
+
+
+def linear_prob_loss(fn: str, hidden: torch.Tensor, weight: torch.Tensor, bias, y: torch.Tensor, obj: Objective,
+                     shape, *, ignore_index, reduction, label_smoothing, z_loss, softcap, return_token_prob,
+                     process_group, chunk_size=None):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, weight.shape[0], hidden.device, fn)
+    check_targets(fn, y, vocab, ignore_index)
+    dtype = compute_dtype(hidden, weight)
+    h = replicated_to_shard(hidden, process_group)  # every rank's shard adds to grad_hidden
+
+    def block(h_b, y_b):
+        return reference.prob_loss_rows(_head(h_b, weight, bias, dtype), y_b, obj, ignore_index=ignore_index,
+                                        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                                        dtype=dtype, vocab=vocab)
+
+    size = chunk_size or _row_block(h.shape[0], weight.shape[0], h.device)
+    rows, counted, p = _blocks(block, h.shape[0], size, h, y)
+    loss = reduce_rows(rows, counted, reduction, shape)
+    return (loss, p.to(torch.float32).reshape(shape)) if return_token_prob else loss
+
+
+def _distill_out(rows, counted, terms, reduction, shape, return_terms):
+    loss = reduce_rows(rows, counted, reduction, shape)
+    if not return_terms:
+        return loss
+    # Rows that do not count report soft = hard = 0 and U = 1, as the kernels do.
+    fill = {"soft": 0.0, "hard": 0.0, "U": 1.0}
+    return loss, {k: torch.where(counted, v, torch.full_like(v, fill[k])).reshape(shape) for k, v in terms.items()}
+
+
+def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], shape, *, ignore_index,
+                 reduction, return_terms, process_group, **method_kwargs):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, s.shape[-1], s.device, fn)
+    if y is not None:
+        check_targets(fn, y, vocab, ignore_index)
+    rows, counted, terms = reference.distill_rows(s, t, y, ignore_index=ignore_index, dtype=compute_dtype(s, t),
+                                                  vocab=vocab, **method_kwargs)
+    return _distill_out(rows, counted, terms, reduction, shape, return_terms)
+
+
+def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_index, reduction, return_terms,
+                        process_group, chunk_size=None, **method_kwargs):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, ws.shape[0], hs.device, fn)
+    if y is not None:
+        check_targets(fn, y, vocab, ignore_index)
+    dtype = compute_dtype(hs, ws)
+    h = replicated_to_shard(hs, process_group)
+
+    def block(h_b, ht_b, y_b):
+        with torch.no_grad():
+            teacher = _head(ht_b, wt, bt, dtype)
+        rows, counted, terms = reference.distill_rows(_head(h_b, ws, bs, dtype), teacher, y_b,
+                                                      ignore_index=ignore_index, dtype=dtype, vocab=vocab,
+                                                      **method_kwargs)
+        return rows, counted, terms["soft"], terms["hard"], terms["U"]
+
+    size = chunk_size or _row_block(h.shape[0], ws.shape[0], h.device)
+    rows, counted, soft, hard, u = _blocks(block, h.shape[0], size, h, ht, y)
+    return _distill_out(rows, counted, {"soft": soft, "hard": hard, "U": u}, reduction, shape, return_terms)
+
+
+def vocab_divergence(fn: str, z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, *, process_group):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
+    return reference.vocab_divergence(z, r, kind, div_alpha=div_alpha, mask=mask, dtype=compute_dtype(z, r),
+                                      vocab=vocab)

@@ -1,0 +1,154 @@
+"""SPEC §4: losses over logits (or LM-head rows) sharded by vocabulary across a process group.
+
+Rank r holds the vocabulary columns [offset_r, offset_r + V_r) in rank order; shards may be uneven
+(their sizes are exchanged once per call). Row maxima are all-reduced with MAX, sums of exponentials
+and every other sum over the vocabulary with SUM, the target's logit by SUM of the owner's entry.
+The losses are the reference formulas (objx.reference) evaluated on the shard through
+ShardedVocabulary, so the sharded and unsharded losses are the same formula.
+
+Gradients: each rank gets the gradient of its own shard. A replicated per-row statistic (an LSE)
+that feeds per-entry terms on every rank needs its gradient summed over the ranks, one [N] vector
+all-reduced per such statistic in the backward; the LM-head forms also all-reduce grad_hidden.
+"""
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+
+def _all_reduce(x: torch.Tensor, op: str, group) -> torch.Tensor:
+    return funcol.wait_tensor(funcol.all_reduce(x, op, group))
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Forward: SUM across ranks (the result is replicated). Backward: identity, because every rank
+    holds the whole gradient of a replicated output."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        return _all_reduce(x, "sum", group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _ReplicatedToShard(torch.autograd.Function):
+    """Forward: identity on a replicated value about to feed shard-local terms. Backward: SUM of
+    every rank's partial gradient (Megatron's "copy to tensor-parallel region")."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad.contiguous(), "sum", ctx.group), None
+
+
+class _ShardedLogSumExp(torch.autograd.Function):
+    """log Σ_j exp(z_j) over the whole vocabulary: MAX then SUM across ranks. The backward is local:
+    softmax_j · grad, with the incoming grad already whole (see _ReplicatedToShard)."""
+
+    @staticmethod
+    def forward(ctx, z, group):
+        local_max = z.amax(-1) if z.shape[-1] else z.new_full(z.shape[:-1], float("-inf"))
+        m = _all_reduce(local_max, "max", group)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        s = _all_reduce(torch.exp(z - m_safe[:, None]).sum(-1), "sum", group)
+        lse = m_safe + torch.log(s)
+        ctx.save_for_backward(z, lse)
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, lse = ctx.saved_tensors
+        finite = torch.isfinite(lse)
+        lse_safe = torch.where(finite, lse, torch.zeros_like(lse))
+        g = torch.where(finite, grad, torch.zeros_like(grad))
+        return torch.exp(z - lse_safe[:, None]) * g[:, None], None
+
+
+class ShardedVocabulary:
+    """The objx._vocabulary interface over this rank's shard of a vocabulary split across `group`."""
+
+    def __init__(self, group, local_size: int, device: torch.device, fn: str = "objx"):
+        self.group = group
+        self.world = dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        sizes = _all_reduce(torch.zeros(self.world, dtype=torch.int64, device=device).index_fill_(
+            0, torch.tensor([rank], device=device), int(local_size)), "sum", group).tolist()
+        self.local_size = int(local_size)
+        self.offset = int(sum(sizes[:rank]))
+        self.total = int(sum(sizes))
+        if self.total == 0:
+            raise ValueError(f"{fn}: every rank's vocabulary shard is empty")
+
+    def size(self, z: torch.Tensor) -> int:
+        return self.total
+
+    def lse(self, z: torch.Tensor) -> torch.Tensor:
+        return _ShardedLogSumExp.apply(z, self.group)
+
+    def log_softmax(self, z: torch.Tensor) -> torch.Tensor:
+        return z - _ReplicatedToShard.apply(self.lse(z), self.group)[:, None]
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(x.sum(-1), self.group)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sum(x) / self.total
+
+    def owned(self, target: torch.Tensor):
+        """(mask of rows whose target is in this shard, the target's local column, 0 elsewhere)."""
+        local = target - self.offset
+        mine = (local >= 0) & (local < self.local_size)
+        return mine, torch.where(mine, local, torch.zeros_like(local))
+
+    def target_logit(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mine, local = self.owned(target)
+        if self.local_size == 0:
+            picked = z.new_zeros(z.shape[0])
+        else:
+            picked = torch.where(mine, z.gather(1, local[:, None]).squeeze(1), torch.zeros((), dtype=z.dtype,
+                                                                                           device=z.device))
+        return _SumOverRanks.apply(picked, self.group)
+
+    def target_logprob(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # -softplus(lse over the other tokens - z_y): exact near p = 1, like the kernels.
+        mine, local = self.owned(target)
+        hit = torch.zeros_like(z, dtype=torch.bool)
+        if self.local_size:
+            hit.scatter_(1, local[:, None], mine[:, None])
+        others = self.lse(z.masked_fill(hit, float("-inf")))
+        return -torch.nn.functional.softplus(others - self.target_logit(z, target))
+
+
+def check_group(fn: str, process_group) -> None:
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(f"{fn}: process_group was given but torch.distributed is not initialised")
+    if not isinstance(process_group, dist.ProcessGroup):
+        raise TypeError(f"{fn}: process_group must be a torch.distributed.ProcessGroup, got "
+                        f"{type(process_group).__name__}")
+
+
+def check_targets(fn: str, target: torch.Tensor, vocab: ShardedVocabulary, ignore_index: int) -> None:
+    bad = (target != ignore_index) & ((target < 0) | (target >= vocab.total))
+    # Every rank holds the same targets, so every rank raises together.
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{fn}: target out of range: row {row} has {int(target[row])}, the sharded vocabulary "
+                         f"has {vocab.total} entries (ignore_index={ignore_index})")
+
+
+def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32, like the kernels."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def replicated_to_shard(x: torch.Tensor, group) -> torch.Tensor:
+    """Identity forward; the backward sums the ranks' gradients (for hidden states every rank shares)."""
+    return _ReplicatedToShard.apply(x, group)

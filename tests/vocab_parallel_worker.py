@@ -1,0 +1,280 @@
+"""Runs inside each rank of the multi-process tests (gloo, CPU): every vocabulary-parallel loss and
+its gradient against the single-process objx result on the same inputs. Failures are written to
+`<out>/rank<r>.txt`, one per line, so that the parent test can show them all."""
+
+import os
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+
+import objx
+
+sys.path.insert(0, os.path.dirname(__file__))
+from helpers import TOLERANCES, make_logits, rel_err  # noqa: E402
+
+
+class Checker:
+    def __init__(self, rank, world, seed):
+        self.rank, self.world, self.seed = rank, world, seed
+        self.failures = []
+        self.count = 0
+
+    def generator(self, case):
+        # Same inputs on every rank: the seed is the parent's, the stream the case's.
+        return torch.Generator().manual_seed(self.seed * 1009 + case)
+
+    def split(self, vocab):
+        """Uneven when world does not divide vocab: the first vocab % world ranks get one more."""
+        base, extra = divmod(vocab, self.world)
+        sizes = [base + (r < extra) for r in range(self.world)]
+        start = sum(sizes[: self.rank])
+        return slice(start, start + sizes[self.rank])
+
+    def close(self, what, actual, expected, tol):
+        self.count += 1
+        try:
+            err = rel_err(actual, expected)
+        except AssertionError as e:
+            self.failures.append(f"{what}: {e}")
+            return
+        if not err <= tol:
+            self.failures.append(f"{what}: relative error {err:.3e} > {tol:.1e}")
+
+    def run(self, what, fn):
+        try:
+            fn()
+        except Exception:
+            self.failures.append(f"{what}: raised\n{traceback.format_exc()}")
+
+
+def _leaf(t):
+    return t.detach().clone().requires_grad_(True)
+
+
+def _grad_of(out, inputs):
+    out = out if out.dim() == 0 else (out * torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(
+        out.shape)).sum()  # weighted, so that reduction="none" checks every row's gradient
+    return torch.autograd.grad(out, inputs, allow_unused=True)
+
+
+def check_prob_loss(c: Checker, group):
+    cases = [("nll", {}), ("-p", {}), ("-p^10", {}), ("log1m", {}), ("nll", {"min_prob": 0.2}),
+             ("-p", {"max_prob": 0.9}), ("nll", {"label_smoothing": 0.1}), ("nll", {"z_loss": 1e-3}),
+             ("-p", {"softcap": 5.0})]
+    for dtype in (torch.float64, torch.float32):
+        tol_loss, tol_grad = TOLERANCES[dtype]
+        for i, (objective, kw) in enumerate(cases):
+            for reduction in ("mean", "sum", "none"):
+                z, y = make_logits(13, 37, dtype=dtype, generator=c.generator(100 + i))
+                y[3] = -100
+                part = c.split(37)
+                what = f"prob_loss {objective} {kw} {reduction} {dtype}"
+
+                def one():
+                    full = _leaf(z)
+                    ref, ref_p = objx.prob_loss(full, y, objective, reduction=reduction, return_token_prob=True, **kw)
+                    (g_ref,) = _grad_of(ref, [full])
+                    shard = _leaf(z[:, part])
+                    out, p = objx.prob_loss(shard, y, objective, reduction=reduction, return_token_prob=True,
+                                            process_group=group, **kw)
+                    (g,) = _grad_of(out, [shard])
+                    c.close(what + " loss", out, ref, tol_loss)
+                    c.close(what + " token_prob", p, ref_p, tol_loss)
+                    c.close(what + " grad", g, g_ref[:, part], tol_grad)
+
+                c.run(what, one)
+    z, y = make_logits(9, 23, dtype=torch.float64, generator=c.generator(150))
+    part = c.split(23)
+
+    def logprobs():
+        full, shard = _leaf(z), _leaf(z[:, part])
+        ref = objx.token_logprobs(full, y)
+        out = objx.token_logprobs(shard, y, process_group=group)
+        c.close("token_logprobs", out, ref, 1e-10)
+        c.close("token_logprobs grad", _grad_of(out, [shard])[0], _grad_of(ref, [full])[0][:, part], 1e-10)
+
+    c.run("token_logprobs", logprobs)
+
+
+def check_linear(c: Checker, group):
+    for dtype in (torch.float64, torch.float32):
+        tol_loss, tol_grad = TOLERANCES[dtype]
+        for i, (objective, reduction) in enumerate([("nll", "mean"), ("-p", "sum"), ("-p^10", "none")]):
+            g = c.generator(200 + i)
+            h = torch.randn(11, 16, dtype=torch.float64, generator=g).to(dtype)
+            w = (torch.randn(29, 16, dtype=torch.float64, generator=g) * 0.7).to(dtype)
+            b = torch.randn(29, dtype=torch.float64, generator=g).to(dtype)
+            y = torch.randint(0, 29, (11,), generator=g)
+            y[0] = -100
+            part = c.split(29)
+            what = f"linear_prob_loss {objective} {reduction} {dtype}"
+
+            def one():
+                hf, wf, bf = _leaf(h), _leaf(w), _leaf(b)
+                ref = objx.linear_prob_loss(hf, wf, y, bf, objective, reduction=reduction)
+                g_ref = _grad_of(ref, [hf, wf, bf])
+                hs, ws, bs = _leaf(h), _leaf(w[part]), _leaf(b[part])
+                out = objx.linear_prob_loss(hs, ws, y, bs, objective, reduction=reduction, process_group=group,
+                                            chunk_size=4)  # three row blocks
+                gs = _grad_of(out, [hs, ws, bs])
+                c.close(what + " loss", out, ref, tol_loss)
+                c.close(what + " grad_hidden", gs[0], g_ref[0], tol_grad)
+                c.close(what + " grad_weight", gs[1], g_ref[1][part], tol_grad)
+                c.close(what + " grad_bias", gs[2], g_ref[2][part], tol_grad)
+
+            c.run(what, one)
+
+    def logprobs():
+        g = c.generator(250)
+        h, w = torch.randn(7, 8, dtype=torch.float64, generator=g), torch.randn(19, 8, dtype=torch.float64, generator=g)
+        y = torch.randint(0, 19, (7,), generator=g)
+        part = c.split(19)
+        ref = objx.linear_token_logprobs(h, w, y)
+        out = objx.linear_token_logprobs(h, w[part], y, process_group=group)
+        c.close("linear_token_logprobs", out, ref, 1e-10)
+
+    c.run("linear_token_logprobs", logprobs)
+
+
+def check_distill(c: Checker, group):
+    methods = ("ttm", "wttm", "kd", "forward_kl", "reverse_kl", "jsd", "tvd")
+    for dtype in (torch.float64, torch.float32):
+        tol_loss, tol_grad = TOLERANCES[dtype]
+        for i, method in enumerate(methods):
+            g = c.generator(300 + i)
+            s = (torch.randn(10, 31, dtype=torch.float64, generator=g) * 2).to(dtype)
+            t = (torch.randn(10, 31, dtype=torch.float64, generator=g) * 2).to(dtype)
+            y = torch.randint(0, 31, (10,), generator=g)
+            y[2] = -100
+            part = c.split(31)
+            what = f"distill_loss {method} {dtype}"
+
+            def one():
+                sf = _leaf(s)
+                ref, ref_terms = objx.distill_loss(sf, t, y, method=method, temperature=2.0, hard_weight=0.5,
+                                                   return_terms=True)
+                (g_ref,) = _grad_of(ref, [sf])
+                ss = _leaf(s[:, part])
+                out, terms = objx.distill_loss(ss, t[:, part], y, method=method, temperature=2.0, hard_weight=0.5,
+                                               return_terms=True, process_group=group)
+                (gs,) = _grad_of(out, [ss])
+                c.close(what + " loss", out, ref, tol_loss)
+                c.close(what + " grad", gs, g_ref[:, part], tol_grad)
+                for name in ("soft", "hard", "U"):
+                    c.close(f"{what} term {name}", terms[name], ref_terms[name], tol_loss)
+
+            c.run(what, one)
+    for i, method in enumerate(("ttm", "jsd")):
+        g = c.generator(350 + i)
+        hs, ws = torch.randn(9, 8, dtype=torch.float64, generator=g), torch.randn(21, 8, dtype=torch.float64, generator=g)
+        ht, wt = torch.randn(9, 6, dtype=torch.float64, generator=g), torch.randn(21, 6, dtype=torch.float64, generator=g)
+        part = c.split(21)
+        what = f"linear_distill_loss {method}"
+
+        def one():
+            hf, wf = _leaf(hs), _leaf(ws)
+            ref = objx.linear_distill_loss(hf, wf, ht, wt, method=method, temperature=1.5, hard_weight=0.0)
+            g_ref = _grad_of(ref, [hf, wf])
+            hsh, wsh = _leaf(hs), _leaf(ws[part])
+            out = objx.linear_distill_loss(hsh, wsh, ht, wt[part], method=method, temperature=1.5, hard_weight=0.0,
+                                           process_group=group, chunk_size=4)
+            gs = _grad_of(out, [hsh, wsh])
+            c.close(what + " loss", out, ref, 1e-10)
+            c.close(what + " grad_hidden", gs[0], g_ref[0], 1e-10)
+            c.close(what + " grad_weight", gs[1], g_ref[1][part], 1e-10)
+
+        c.run(what, one)
+
+
+def check_divergence(c: Checker, group):
+    kinds = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "alpha", "tv")
+    for dtype in (torch.float64, torch.float32):
+        tol_loss, tol_grad = TOLERANCES[dtype]
+        for i, kind in enumerate(kinds):
+            g = c.generator(400 + i)
+            p = (torch.randn(8, 27, dtype=torch.float64, generator=g) * 2).to(dtype)
+            q = (torch.randn(8, 27, dtype=torch.float64, generator=g) * 2).to(dtype)
+            mask = torch.rand(8, generator=g) > 0.2
+            part = c.split(27)
+            what = f"vocab_divergence {kind} {dtype}"
+
+            def one():
+                pf = _leaf(p)
+                ref = objx.vocab_divergence(pf, q, kind, div_alpha=0.7, mask=mask)
+                (g_ref,) = _grad_of(ref, [pf])
+                ps = _leaf(p[:, part])
+                out = objx.vocab_divergence(ps, q[:, part], kind, div_alpha=0.7, mask=mask, process_group=group)
+                (gs,) = _grad_of(out, [ps])
+                c.close(what + " value", out, ref, tol_loss)
+                c.close(what + " grad", gs, g_ref[:, part], tol_grad)
+
+            c.run(what, one)
+
+
+def check_errors(c: Checker, group):
+    z, y = make_logits(4, 10, dtype=torch.float64, generator=c.generator(500))
+    part = c.split(10)
+    y[1] = 10  # one past the whole vocabulary: every rank must refuse it
+    for what, call in (("target out of range", lambda: objx.prob_loss(z[:, part], y, process_group=group)),
+                       ("wasserstein", lambda: objx.vocab_divergence(z[:, part], z[:, part], "wasserstein",
+                                                                     token_embeddings=torch.ones(10, 3),
+                                                                     process_group=group)),
+                       ("bad group", lambda: objx.prob_loss(z[:, part], y.clamp(max=9), process_group="world"))):
+        c.count += 1
+        try:
+            call()
+            c.failures.append(f"error case '{what}' did not raise")
+        except (ValueError, TypeError) as e:
+            if "objx" not in str(e):
+                c.failures.append(f"error case '{what}': message does not name the function: {e}")
+
+
+def check_dtensor_heads(c: Checker, group):
+    """FSDP2-style: the head is a DTensor sharded by rows across ranks with different hidden states."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (c.world,))
+    g = c.generator(600)
+    w = torch.randn(17, 8, dtype=torch.float64, generator=g)
+    hidden = [torch.randn(5, 8, dtype=torch.float64, generator=g) for _ in range(c.world)]
+    target = [torch.randint(0, 17, (5,), generator=g) for _ in range(c.world)]
+
+    def fsdp():
+        wd = distribute_tensor(_leaf(w), mesh, [Shard(0)]).detach().requires_grad_(True)
+        loss = objx.linear_prob_loss(hidden[c.rank], wd, target[c.rank], objective="-p")
+        loss.backward()
+        expected_grad = torch.zeros_like(w)
+        for r in range(c.world):
+            wr = _leaf(w)
+            ref = objx.linear_prob_loss(hidden[r], wr, target[r], objective="-p")
+            ref.backward()
+            if r == c.rank:
+                c.close("dtensor head loss", loss, ref, 1e-10)
+            expected_grad += wr.grad
+        c.close("dtensor head grad (summed over ranks)", wd.grad.full_tensor(), expected_grad, 1e-10)
+
+    def vocab_parallel():
+        # A tensor-parallel head: Shard(0) over the vocabulary, the same hidden states on every rank.
+        wd = distribute_tensor(_leaf(w), mesh, [Shard(0)]).detach().requires_grad_(True)
+        loss = objx.linear_prob_loss(hidden[0], wd, target[0], process_group=group)
+        c.close("dtensor vocab-parallel head loss", loss, objx.linear_prob_loss(hidden[0], w, target[0]), 1e-10)
+
+    c.run("dtensor head", fsdp)
+    c.run("dtensor vocab-parallel head", vocab_parallel)
+
+
+def main(rank, world, port, seed, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    c = Checker(rank, world, seed)
+    group = dist.group.WORLD
+    for check in (check_prob_loss, check_linear, check_distill, check_divergence, check_errors, check_dtensor_heads):
+        c.run(check.__name__, lambda: check(c, group))
+        dist.barrier()
+    with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+        f.write(f"{c.count} checks\n" + "\n".join(c.failures))
+    dist.destroy_process_group()
