@@ -19,7 +19,7 @@ def dpo_kernel_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: to
                     prompt_emb: Optional[torch.Tensor] = None, chosen_emb: Optional[torch.Tensor] = None,
                     rejected_emb: Optional[torch.Tensor] = None, kernel_weight: float = 0.0,
                     divergence: Optional[torch.Tensor] = None, divergence_coef: float = 0.0,
-                    nll: Optional[torch.Tensor] = None, nll_coef: float = 0.0):
+                    nll: Optional[torch.Tensor] = None, nll_coef: float = 0.0, reduction: str = "mean"):
     """(loss, metrics) for a batch of B preference pairs; the *_logps are sequence scores [B].
 
     z = beta * (score(r_w) - score(r_l)) + kernel_weight * (log K(e_x, e_w) - log K(e_x, e_l)),
@@ -28,7 +28,14 @@ def dpo_kernel_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: to
     mean(divergence) + nll_coef * mean(nll), where `divergence` holds per-token vocabulary
     divergences over response tokens (objx.vocab_divergence) and `nll` the chosen responses' NLL.
     metrics: chosen_rewards, rejected_rewards (beta * r), reward_accuracy, reward_margin (detached).
+    reduction="none" returns the per-pair preference losses [B] (no divergence or NLL term then:
+    those are per-token batch terms).
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"objx.dpo_kernel_loss: reduction must be 'mean' or 'none', got {reduction!r}")
+    if reduction == "none" and (divergence_coef != 0 or nll_coef != 0):
+        raise ValueError("objx.dpo_kernel_loss: reduction='none' gives per-pair losses; the divergence and NLL "
+                         "terms are per-token batch terms, so they need reduction='mean'")
     logps = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     if any(not isinstance(t, torch.Tensor) or t.shape != policy_chosen_logps.shape for t in logps):
         raise ValueError("objx.dpo_kernel_loss: the four log-probability tensors must share one shape [B]")
@@ -52,7 +59,7 @@ def dpo_kernel_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: to
         pref = torch.relu(1 - z)
     else:
         pref = (r_w - r_l - 1 / (2 * beta)) ** 2
-    loss = pref.mean()
+    loss = pref.mean() if reduction == "mean" else pref
     if divergence_coef != 0:
         if divergence is None:
             raise ValueError("objx.dpo_kernel_loss: divergence_coef != 0 needs divergence (per-token values)")

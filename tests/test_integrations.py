@@ -1,0 +1,180 @@
+"""objx.integrations: transformers (Trainer loss, fused causal-LM forward) and TRL-shaped losses."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import objx
+from objx.integrations import trl as objx_trl
+
+
+def test_objx_imports_without_transformers_or_trl():
+    code = ("import sys; sys.modules['transformers'] = None; sys.modules['trl'] = None; "
+            "import objx, objx.integrations.transformers, objx.integrations.trl; print('ok')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr
+
+
+# ---- TRL-shaped losses -------------------------------------------------------------------------
+
+def _generalized_jsd(s, t, beta, temperature):
+    """Agarwal et al. (2024) eq. 1 per position: beta KL(t || m) + (1 - beta) KL(s || m), m = beta t + (1 - beta) s,
+    both softmaxes at the same temperature; beta = 0 / 1 are the KL limits KL(t || s) / KL(s || t)."""
+    ls, lt = torch.log_softmax(s / temperature, -1), torch.log_softmax(t / temperature, -1)
+    kl = lambda la, lb: (la.exp() * (la - lb)).sum(-1)
+    if beta == 0:
+        return kl(lt, ls)
+    if beta == 1:
+        return kl(ls, lt)
+    lm = torch.logsumexp(torch.stack([ls + torch.log1p(torch.tensor(-beta, dtype=s.dtype)),
+                                      lt + torch.log(torch.tensor(beta, dtype=s.dtype))]), 0)
+    return beta * kl(lt, lm) + (1 - beta) * kl(ls, lm)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "mean", "none"])
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_generalized_jsd_loss_matches_the_gkd_definition(beta, reduction, with_labels):
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    s = (torch.randn(3, 5, 17, dtype=torch.float64, generator=g) * 2).requires_grad_(True)
+    t = torch.randn(3, 5, 17, dtype=torch.float64, generator=g) * 2
+    labels = torch.randint(0, 17, (3, 5), generator=g)
+    labels[0, :2] = -100
+    labels[2, 4] = -100
+    got = objx_trl.generalized_jsd_loss(s, t, labels if with_labels else None, beta=beta, temperature=1.7,
+                                        reduction=reduction)
+    per = _generalized_jsd(s, t, beta, 1.7)
+    mask = labels != -100 if with_labels else torch.ones_like(labels, dtype=torch.bool)
+    per = torch.where(mask, per, torch.zeros_like(per))
+    expected = {"batchmean": per.sum() / (mask.sum() if with_labels else 3), "sum": per.sum(),
+                "mean": per.sum() / (mask.sum() * 17), "none": per}[reduction]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    w = torch.rand(expected.shape, dtype=torch.float64, generator=g)
+    (g_got,) = torch.autograd.grad((got * w).sum(), s)
+    (g_exp,) = torch.autograd.grad((expected * w).sum(), s)
+    torch.testing.assert_close(g_got, g_exp, rtol=1e-10, atol=1e-12)
+
+
+def test_generalized_jsd_loss_num_items_in_batch_and_bad_reduction():
+    s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    total = objx_trl.generalized_jsd_loss(s, t, reduction="sum")
+    torch.testing.assert_close(objx_trl.generalized_jsd_loss(s, t, num_items_in_batch=torch.tensor(4)), total / 4)
+    with pytest.raises(ValueError, match="reduction"):
+        objx_trl.generalized_jsd_loss(s, t, reduction="avg")
+
+
+def test_dpo_kernels_loss_per_pair_and_rewards():
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    pc, pr, rc, rr = (torch.randn(6, dtype=torch.float64, generator=g) * 3 for _ in range(4))
+    losses, chosen, rejected = objx_trl.dpo_kernels_loss(pc, pr, rc, rr, beta=0.2, label_smoothing=0.1)
+    z = 0.2 * ((pc - rc) - (pr - rr))
+    torch.testing.assert_close(losses, -0.9 * F.logsigmoid(z) - 0.1 * F.logsigmoid(-z), rtol=1e-12, atol=0)
+    torch.testing.assert_close(chosen, 0.2 * (pc - rc)) and torch.testing.assert_close(rejected, 0.2 * (pr - rr))
+    mean, _ = objx.dpo_kernel_loss(pc, pr, rc, rr, beta=0.2, label_smoothing=0.1)
+    torch.testing.assert_close(losses.mean(), mean, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="per-token batch terms"):
+        objx.dpo_kernel_loss(pc, pr, rc, rr, reduction="none", nll=pc, nll_coef=1.0)
+
+
+# ---- transformers --------------------------------------------------------------------------------
+
+transformers = pytest.importorskip("transformers")
+from objx.integrations import transformers as objx_hf  # noqa: E402
+
+
+def _tiny_llama(seed=0, dtype=torch.float64):
+    config = transformers.LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).to(dtype)
+
+
+def _batch(seed, rows=3, length=12):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 101, (rows, length), generator=g)
+    labels = ids.clone()
+    labels[:, :4] = -100  # a prompt
+    labels[1, -3:] = -100  # padding
+    return ids, labels
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_fused_forward_equals_the_models_own_loss_and_gradients():
+    plain, fused = _tiny_llama(), objx_hf.apply_objx_loss(_tiny_llama(), "nll")
+    ids, labels = _batch(torch.seed() % 2**31)
+    ref = plain(input_ids=ids, labels=labels)
+    out = fused(input_ids=ids, labels=labels)
+    assert out.logits is None  # never built
+    # transformers computes its loss in float32 whatever the model's dtype: compare at float32 tolerance, and
+    # against the float64 reference on the same logits at float64 tolerance.
+    assert ref.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, ref.loss.double(), rtol=1e-5, atol=0)
+    logits = plain(input_ids=ids).logits
+    torch.testing.assert_close(out.loss, objx.reference.prob_loss(logits[:, :-1], labels[:, 1:]), rtol=1e-10, atol=0)
+    ref.loss.backward()
+    out.loss.backward()
+    g_ref, g_out = _grads(plain), _grads(fused)
+    assert g_ref.keys() == g_out.keys() and len(g_ref) > 10
+    for name in g_ref:
+        err = (g_out[name] - g_ref[name]).abs().max() / g_ref[name].abs().max()
+        assert err < 1e-4, f"{name}: {err:.2e}"
+    # Without labels the original forward runs and returns logits.
+    assert fused(input_ids=ids).logits.shape == (3, 12, 101)
+
+
+@pytest.mark.parametrize("objective, kwargs", [("-p", {}), ("-p^10", {}), ("nll", {"min_prob": 0.01})])
+def test_fused_forward_and_compute_loss_func_give_the_objective(objective, kwargs):
+    model = objx_hf.apply_objx_loss(_tiny_llama(), objective, **kwargs)
+    ids, labels = _batch(torch.seed() % 2**31)
+    fused = model(input_ids=ids, labels=labels).loss
+    logits = model(input_ids=ids).logits
+    # transformers' convention: the sum over tokens over the number of label tokens (a thresholded-out token
+    # adds 0 to the sum and still counts in the denominator, which keeps gradient accumulation exact).
+    tokens = (labels[:, 1:] != -100).sum()
+    expected = objx.reference.prob_loss(logits[:, :-1], labels[:, 1:], objective, reduction="sum", **kwargs) / tokens
+    torch.testing.assert_close(fused, expected, rtol=1e-10, atol=0)
+    func = objx_hf.compute_loss_func(objective, **kwargs)
+    torch.testing.assert_close(func({"logits": logits}, labels), expected, rtol=1e-10, atol=0)
+    items = torch.tensor(40)
+    torch.testing.assert_close(model(input_ids=ids, labels=labels, num_items_in_batch=items).loss,
+                               func({"logits": logits}, labels, num_items_in_batch=items), rtol=1e-10, atol=0)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, seed, rows=16):
+        self.ids, self.labels = _batch(seed, rows=rows)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def test_trainer_steps_match_between_the_fused_forward_and_compute_loss_func(tmp_path):
+    pytest.importorskip("accelerate")
+    data = _Rows(torch.seed() % 2**31)
+    histories, params = [], []
+    for fused in (True, False):
+        model = _tiny_llama(seed=1, dtype=torch.float32)
+        if fused:
+            model = objx_hf.apply_objx_loss(model, "-p")
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / str(fused)), max_steps=4, per_device_train_batch_size=4, learning_rate=3e-3,
+            logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, dataloader_num_workers=0,
+            gradient_accumulation_steps=2, disable_tqdm=True)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                       compute_loss_func=None if fused else objx_hf.compute_loss_func("-p"))
+        trainer.train()
+        histories.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+        params.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert len(histories[0]) == 4 and histories[0][0] > 0
+    torch.testing.assert_close(torch.tensor(histories[0]), torch.tensor(histories[1]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(params[0], params[1], rtol=1e-4, atol=1e-5)
+    assert histories[0][-1] != histories[0][0]  # it trained
