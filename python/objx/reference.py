@@ -6,7 +6,7 @@ from typing import Optional, Union
 import torch
 
 from ._args import check_reduction, flatten_rows, reduce_rows
-from ._vocabulary import WHOLE
+from ._vocabulary import WHOLE, target_logprob_from
 from .objective import Objective, resolve_objective
 
 
@@ -55,17 +55,22 @@ def prob_loss_rows(z: torch.Tensor, y: torch.Tensor, obj: Objective, *, ignore_i
 
     # Which rows count is a constant of this step (SPEC §1): find it without autograd, then keep
     # uncounted rows out of the graph so that their -inf/NaN cannot leak into gradients.
-    with torch.no_grad():
-        p_all = vocab.target_logprob(z, y_safe).exp()
-        counted = valid.clone()
-        if obj.min_prob is not None:
-            counted &= ~(p_all < obj.min_prob)
-        if obj.max_prob is not None:
-            counted &= ~(p_all > obj.max_prob)
+    thresholds = obj.min_prob is not None or obj.max_prob is not None
+    counted = valid.clone()
+    if thresholds:
+        with torch.no_grad():
+            p_all = vocab.target_logprob(z, y_safe).exp()
+            if obj.min_prob is not None:
+                counted &= ~(p_all < obj.min_prob)
+            if obj.max_prob is not None:
+                counted &= ~(p_all > obj.max_prob)
     zc = torch.where(counted[:, None], z, torch.zeros_like(z))
-    lse = vocab.lse(zc)
-    # Not lse - z_y: that cancels near p = 1, where log p must stay exact.
-    logp = vocab.target_logprob(zc, y_safe)
+    # log p from the other tokens' LSE, not lse - z_y: that cancels near p = 1.
+    others, z_y = vocab.others_lse(zc, y_safe), vocab.target_logit(zc, y_safe)
+    logp = target_logprob_from(others, z_y)
+    lse = torch.logaddexp(others, z_y)
+    if not thresholds:
+        p_all = logp.detach().exp()  # every valid row counts, and zc = z on them
     if label_smoothing:
         f = (1 - label_smoothing) * (-logp) + label_smoothing * (lse - vocab.mean(zc))
     else:

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+from ._vocabulary import target_logprob_from
+
 
 def _all_reduce(x: torch.Tensor, op: str, group) -> torch.Tensor:
     return funcol.wait_tensor(funcol.all_reduce(x, op, group))
@@ -117,14 +119,15 @@ class ShardedVocabulary:
                                                                                            device=z.device))
         return _SumOverRanks.apply(picked, self.group)
 
-    def target_logprob(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # -softplus(lse over the other tokens - z_y): exact near p = 1, like the kernels.
+    def others_lse(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         mine, local = self.owned(target)
         hit = torch.zeros_like(z, dtype=torch.bool)
         if self.local_size:
             hit.scatter_(1, local[:, None], mine[:, None])
-        others = self.lse(z.masked_fill(hit, float("-inf")))
-        return -torch.nn.functional.softplus(others - self.target_logit(z, target))
+        return self.lse(z.masked_fill(hit, float("-inf")))
+
+    def target_logprob(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return target_logprob_from(self.others_lse(z, target), self.target_logit(z, target))
 
 
 def check_group(fn: str, process_group) -> None:
