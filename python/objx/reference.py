@@ -71,13 +71,19 @@ def prob_loss_rows(z: torch.Tensor, y: torch.Tensor, obj: Objective, *, ignore_i
     lse = torch.logaddexp(others, z_y)
     if not thresholds:
         p_all = logp.detach().exp()  # every valid row counts, and zc = z on them
+    mean_z = vocab.mean(zc) if label_smoothing else None
+    rows = torch.where(counted, row_loss(obj, logp, lse, mean_z, label_smoothing, z_loss), torch.zeros_like(logp))
+    return rows, counted, torch.where(valid, p_all, torch.zeros_like(p_all))
+
+
+def row_loss(obj: Objective, logp: torch.Tensor, lse: torch.Tensor, mean_z: Optional[torch.Tensor],
+             label_smoothing: float, z_loss: float) -> torch.Tensor:
+    """SPEC §1 per row from log p_y, the row's LSE and (for label smoothing) its mean logit."""
     if label_smoothing:
-        f = (1 - label_smoothing) * (-logp) + label_smoothing * (lse - vocab.mean(zc))
+        f = (1 - label_smoothing) * (-logp) + label_smoothing * (lse - mean_z)
     else:
         f = _objective_value(obj, logp)
-    f = f + z_loss * lse * lse
-    rows = torch.where(counted, f, torch.zeros_like(f))
-    return rows, counted, torch.where(valid, p_all, torch.zeros_like(p_all))
+    return f + z_loss * lse * lse
 
 
 def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,

@@ -1,6 +1,8 @@
 """The vocabulary-parallel forms of objx's losses (process_group=...; SPEC §4): each rank passes its
 vocabulary shard of the logits (or of the LM head) and gets the unsharded loss. The formulas are
-objx.reference's, evaluated through objx.vocab_parallel.ShardedVocabulary in float32 (float64 for
+objx.reference's: the SFT losses from row statistics objx's kernel computes on the shard
+(objx.vocab_parallel.target_row_stats: no collective in their backward), distillation and the
+divergences evaluated through objx.vocab_parallel.ShardedVocabulary in PyTorch; float32 (float64 for
 float64 inputs). The LM-head forms build the logits shard one row block at a time under activation
 checkpointing, so at most one block of [rows, V / P] logits (and its temporaries) is alive."""
 
@@ -13,7 +15,9 @@ from . import reference
 from ._args import reduce_rows
 from ._tiles import tile_budget_bytes
 from .objective import Objective
-from .vocab_parallel import ShardedVocabulary, check_group, check_targets, compute_dtype, replicated_to_shard
+from ._vocabulary import target_logprob_from
+from .vocab_parallel import (ShardedVocabulary, check_group, check_targets, compute_dtype, replicated_to_shard,
+                             target_row_stats)
 
 # Temporaries the reference formulas keep per logits entry (logits, masked copy, log-softmax, exp).
 _LIVE_COPIES = 6
@@ -43,13 +47,35 @@ def _blocks(fn, rows: int, block: int, *tensors):
     return tuple(torch.cat(parts) for parts in zip(*outs))
 
 
+def _prob_rows(z, y, obj: Objective, vocab: ShardedVocabulary, *, ignore_index, label_smoothing, z_loss, softcap):
+    """SPEC §1 per row from the kernel-computed row statistics (objx.vocab_parallel.target_row_stats):
+    (per-row loss, 0 where not counted; counted; p_y, 0 where ignored)."""
+    if label_smoothing and obj.kind != "nll":
+        raise ValueError("label_smoothing is only defined for objective 'nll'")
+    valid = y != ignore_index
+    others, z_y, row_sum = target_row_stats(z, torch.where(valid, y, torch.full_like(y, -1)), vocab, softcap=softcap,
+                                            want_sum=bool(label_smoothing))
+    logp = target_logprob_from(others, z_y)
+    lse = torch.logaddexp(others, z_y)
+    with torch.no_grad():
+        p = torch.where(valid, logp.exp(), torch.zeros_like(logp))
+        counted = valid.clone()
+        if obj.min_prob is not None:
+            counted &= ~(p < obj.min_prob)
+        if obj.max_prob is not None:
+            counted &= ~(p > obj.max_prob)
+    mean_z = row_sum / vocab.total if label_smoothing else None
+    f = reference.row_loss(obj, logp, lse, mean_z, label_smoothing, z_loss)
+    return torch.where(counted, f, torch.zeros_like(f)), counted, p
+
+
 def prob_loss(fn: str, z: torch.Tensor, y: torch.Tensor, obj: Objective, shape, *, ignore_index, reduction,
               label_smoothing, z_loss, softcap, return_token_prob, process_group):
     check_group(fn, process_group)
     vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
     check_targets(fn, y, vocab, ignore_index)
-    rows, counted, p = reference.prob_loss_rows(z, y, obj, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                                                z_loss=z_loss, softcap=softcap, dtype=compute_dtype(z), vocab=vocab)
+    rows, counted, p = _prob_rows(z, y, obj, vocab, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                  z_loss=z_loss, softcap=softcap)
     loss = reduce_rows(rows, counted, reduction, shape)
     return (loss, p.to(torch.float32).reshape(shape)) if return_token_prob else loss
 
@@ -64,9 +90,8 @@ def linear_prob_loss(fn: str, hidden: torch.Tensor, weight: torch.Tensor, bias, 
     h = replicated_to_shard(hidden, process_group)  # every rank's shard adds to grad_hidden
 
     def block(h_b, y_b):
-        return reference.prob_loss_rows(_head(h_b, weight, bias, dtype), y_b, obj, ignore_index=ignore_index,
-                                        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                                        dtype=dtype, vocab=vocab)
+        return _prob_rows(_head(h_b, weight, bias, dtype), y_b, obj, vocab, ignore_index=ignore_index,
+                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
 
     size = chunk_size or _row_block(h.shape[0], weight.shape[0], h.device)
     rows, counted, p = _blocks(block, h.shape[0], size, h, y)

@@ -155,3 +155,78 @@ def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
 def replicated_to_shard(x: torch.Tensor, group) -> torch.Tensor:
     """Identity forward; the backward sums the ranks' gradients (for hidden states every rank shares)."""
     return _ReplicatedToShard.apply(x, group)
+
+
+class _TargetRowStats(torch.autograd.Function):
+    """Per row of a vocabulary shard, through objx's kernel: the whole vocabulary's LSE over the
+    tokens other than the target (`others`), the target's logit and, with want_sum, the sum of the
+    logits; softcap is applied first when given. Forward: one kernel pass, then MAX and one SUM
+    all-reduce. Backward, local: d others / dz_j = exp(z_j - others) off the target, d z_y / dz_j =
+    [j = y], d sum / dz_j = 1 (times the softcap's derivative)."""
+
+    @staticmethod
+    def forward(ctx, z, local_target, owned, softcap, want_sum, group):
+        kernel_target = torch.where(owned, local_target, torch.full_like(local_target, -1))
+        if z.shape[1]:
+            # The nll kernel gives the shard's LSE on every row, and log p_local for the rows it owns.
+            _loss, lse_local, logp_local, _counted = torch.ops.objx.prob_loss_forward(
+                z, kernel_target, "nll", 0.0, None, None, -1, 0.0, 0.0, softcap)
+        else:  # an empty shard adds nothing
+            acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+            lse_local = torch.full((z.shape[0],), float("-inf"), dtype=acc, device=z.device)
+            logp_local = lse_local.clone()
+        dtype = lse_local.dtype
+        picked = z.gather(1, local_target[:, None]).squeeze(1).to(dtype) if z.shape[1] else lse_local.new_zeros(
+            z.shape[0])
+        if softcap is not None:
+            picked = softcap * torch.tanh(picked / softcap)
+        # The shard's others-LSE: lse_local + log(1 - p_local), exact near p_local = 1 (the kernel's log p is).
+        owned_others = lse_local + torch.log(-torch.expm1(logp_local))
+        others_local = torch.where(owned, owned_others, lse_local)
+        m = _all_reduce(others_local, "max", group)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        sums = [torch.exp(others_local - m_safe), torch.where(owned, picked, torch.zeros_like(picked))]
+        if want_sum:
+            capped = z.to(dtype) if softcap is None else softcap * torch.tanh(z.to(dtype) / softcap)
+            sums.append(capped.sum(1))
+        total = _all_reduce(torch.stack(sums, 1), "sum", group)
+        others = m_safe + torch.log(total[:, 0])
+        z_y = total[:, 1]
+        row_sum = total[:, 2] if want_sum else torch.zeros_like(z_y)
+        ctx.save_for_backward(z, local_target, owned, others)
+        ctx.softcap, ctx.want_sum = softcap, want_sum
+        return others, z_y, row_sum
+
+    @staticmethod
+    def backward(ctx, g_others, g_target, g_sum):
+        z, local_target, owned, others = ctx.saved_tensors
+        softcap = ctx.softcap
+        dtype = others.dtype
+        zc = z.to(dtype)
+        if softcap is not None:
+            t = torch.tanh(zc / softcap)
+            zc = softcap * t
+        finite = torch.isfinite(others)
+        grad = (zc - torch.where(finite, others, torch.zeros_like(others))[:, None]).exp_()
+        grad.mul_(torch.where(finite, g_others, torch.zeros_like(g_others))[:, None])
+        if ctx.want_sum:
+            grad.add_(g_sum[:, None])
+        if z.shape[1]:
+            at_target = torch.where(owned, g_target + g_sum, grad.gather(1, local_target[:, None]).squeeze(1))
+            grad.scatter_(1, local_target[:, None], at_target[:, None])
+        if softcap is not None:
+            grad.mul_(1 - t * t)
+        # Rows that get no gradient (ignored, thresholded out) may hold -inf/NaN logits: keep them out.
+        dead = (g_others == 0) & (g_target == 0) & (g_sum == 0)
+        if bool(dead.any()):
+            grad.masked_fill_(dead[:, None], 0.0)
+        return grad.to(z.dtype), None, None, None, None, None
+
+
+def target_row_stats(z: torch.Tensor, target: torch.Tensor, vocab: ShardedVocabulary, *, softcap=None,
+                     want_sum: bool = False):
+    """(others, z_y, row sum) per row over the whole vocabulary for targets given in global indices
+    (rows whose target no rank owns, such as ignored ones, get z_y = 0 and others = the LSE)."""
+    owned, local = vocab.owned(target)
+    return _TargetRowStats.apply(z.contiguous(), local, owned, None if softcap is None else float(softcap),
+                                 bool(want_sum), vocab.group)

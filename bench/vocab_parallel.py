@@ -1,0 +1,157 @@
+"""Overhead of objx's vocabulary-parallel path (process_group=...) on CPU with gloo.
+
+For each loss, forward + backward, median of --repeats:
+  kernel      single process, the whole vocabulary, objx's kernels (the unsharded path);
+  sharded/1   one rank holding the whole vocabulary through the sharded path (its PyTorch formulas
+              and collectives on a world of one: the cost of the path itself);
+  sharded/P   P ranks, V/P columns each (communication included), time of the slowest rank.
+Every run uses one thread per process, so P ranks use P cores. Also prints the bytes all-reduced
+per token (counted from the collectives the path issues) and an estimate for 8 ranks.
+
+    python bench/vocab_parallel.py --rows 2048 --vocab 32000 --world 2 --out bench/results/...json
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import objx
+
+
+def _cases(rows, vocab, hidden_dim, g):
+    z = torch.randn(rows, vocab, generator=g) * 2
+    t = torch.randn(rows, vocab, generator=g) * 2
+    y = torch.randint(0, vocab, (rows,), generator=g)
+    h = torch.randn(rows, hidden_dim, generator=g)
+    w = torch.randn(vocab, hidden_dim, generator=g) * 0.05
+    return {
+        "prob_loss nll": (lambda zz, pg: objx.prob_loss(zz, y, process_group=pg), z),
+        "prob_loss -p": (lambda zz, pg: objx.prob_loss(zz, y, "-p", process_group=pg), z),
+        "distill_loss ttm": (lambda zz, pg, tt=t: objx.distill_loss(zz, tt if pg is None else tt[:, _part(pg, vocab)],
+                                                                    y, method="ttm", temperature=2.0,
+                                                                    process_group=pg), z),
+        "vocab_divergence kl": (lambda zz, pg, tt=t: objx.vocab_divergence(
+            zz, tt if pg is None else tt[:, _part(pg, vocab)], "kl", process_group=pg).mean(), z),
+        "linear_prob_loss nll": (lambda ww, pg: objx.linear_prob_loss(h, ww, y, process_group=pg), w),
+    }
+
+
+def _part(pg, vocab):
+    world, rank = dist.get_world_size(pg), dist.get_rank(pg)
+    base, extra = divmod(vocab, world)
+    sizes = [base + (r < extra) for r in range(world)]
+    start = sum(sizes[:rank])
+    return slice(start, start + sizes[rank])
+
+
+def _time(fn, arg, pg, repeats):
+    times = []
+    for _ in range(repeats + 1):
+        leaf = arg.detach().clone().requires_grad_(True)
+        if pg is not None:
+            dist.barrier(pg)
+        start = time.perf_counter()
+        fn(leaf, pg).backward()
+        elapsed = time.perf_counter() - start
+        if pg is not None:  # the slowest rank's time
+            slowest = torch.tensor([elapsed], dtype=torch.float64)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX, group=pg)
+            elapsed = slowest.item()
+        times.append(elapsed)
+    return statistics.median(times[1:])  # the first run warms up
+
+
+class _CountBytes:
+    """Counts the bytes of every all-reduce objx issues (functional collectives) while active."""
+
+    def __init__(self):
+        import torch.distributed._functional_collectives as funcol
+
+        self.funcol, self.original, self.bytes, self.calls = funcol, funcol.all_reduce, 0, 0
+
+    def __enter__(self):
+        def counting(t, op, group, tag=""):
+            self.bytes += t.numel() * t.element_size()
+            self.calls += 1
+            return self.original(t, op, group, tag)
+
+        self.funcol.all_reduce = counting
+        return self
+
+    def __exit__(self, *exc):
+        self.funcol.all_reduce = self.original
+
+
+def _rank(rank, world, port, args, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cases = _cases(args.rows, args.vocab, args.hidden, torch.Generator().manual_seed(0))
+    result = {}
+    for name, (fn, full) in cases.items():
+        shard = full[_part(dist.group.WORLD, args.vocab)]
+        shard = shard if name.startswith("linear") else full[:, _part(dist.group.WORLD, args.vocab)]
+        seconds = _time(fn, shard, dist.group.WORLD, args.repeats)
+        with _CountBytes() as count:
+            leaf = shard.detach().clone().requires_grad_(True)
+            fn(leaf, dist.group.WORLD).backward()
+        result[name] = {"seconds": seconds, "allreduce_calls": count.calls, "allreduce_bytes": count.bytes}
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--hidden", type=int, default=512, help="D for linear_prob_loss")
+    parser.add_argument("--world", type=int, action="append", help="ranks, repeatable (default: 1 and 2)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    worlds = args.world or [1, 2]
+    torch.set_num_threads(1)
+    cases = _cases(args.rows, args.vocab, args.hidden, torch.Generator().manual_seed(0))
+    results = {name: {"kernel": _time(fn, full, None, args.repeats)} for name, (fn, full) in cases.items()}
+    comm = {}
+    for world in worlds:
+        path = f"/tmp/objx-vp-{os.getpid()}-{world}.json"
+        mp.spawn(_rank, args=(world, _free_port(), args, path), nprocs=world, join=True)
+        with open(path) as f:
+            for name, r in json.load(f).items():
+                results[name][f"sharded/{world}"] = r["seconds"]
+                comm.setdefault(name, {})[world] = (r["allreduce_calls"], r["allreduce_bytes"])
+    print(f"CPU, one thread per rank, N={args.rows} V={args.vocab} (D={args.hidden} for linear), float32, "
+          f"forward+backward, median of {args.repeats}")
+    columns = ["kernel"] + [f"sharded/{w}" for w in worlds]
+    print(f"{'loss':<22}" + "".join(f"{c:>14}" for c in columns) + "".join(
+        f"{f'/{w} ÷ kernel':>16}" for w in worlds) + f"{'all-reduce B/token':>22}")
+    for name, r in results.items():
+        calls, nbytes = comm[name][max(worlds)]
+        print(f"{name:<22}" + "".join(f"{r[c] * 1e3:>12.1f}ms" for c in columns)
+              + "".join(f"{r[f'sharded/{w}'] / r['kernel']:>16.2f}" for w in worlds)
+              + f"{nbytes / args.rows:>14.0f} ({calls} calls)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"rows": args.rows, "vocab": args.vocab, "hidden": args.hidden, "worlds": worlds,
+                       "seconds": results, "allreduce": {n: {str(w): c for w, c in v.items()} for n, v in comm.items()}},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
