@@ -29,7 +29,7 @@ def _cases(rows, vocab, hidden_dim, g):
     z = torch.randn(rows, vocab, generator=g) * 2
     t = torch.randn(rows, vocab, generator=g) * 2
     y = torch.randint(0, vocab, (rows,), generator=g)
-    h = torch.randn(rows, hidden_dim, generator=g)
+    h = torch.randn(rows, hidden_dim, generator=g).requires_grad_(True)  # as in training: grad_hidden is all-reduced
     w = torch.randn(vocab, hidden_dim, generator=g) * 0.05
     return {
         "prob_loss nll": (lambda zz, pg: objx.prob_loss(zz, y, process_group=pg), z),
@@ -146,6 +146,17 @@ def main():
         print(f"{name:<22}" + "".join(f"{r[c] * 1e3:>12.1f}ms" for c in columns)
               + "".join(f"{r[f'sharded/{w}'] / r['kernel']:>16.2f}" for w in worlds)
               + f"{nbytes / args.rows:>14.0f} ({calls} calls)")
+    print("\nEstimate for 8 ranks, per token (ring all-reduce: each rank sends 2·(P-1)/P of the payload; the row "
+          "statistics do not depend on V), against all-gathering Llama-3's V=128256 bf16 logits:")
+    gather = 7 / 8 * 128256 * 2
+    for name in results:
+        _calls, nbytes = comm[name][max(worlds)]
+        per_token = nbytes / args.rows
+        if name.startswith("linear"):
+            note = f"(all but {per_token - 4 * args.hidden:.0f} B of it is grad_hidden, D × 4 B, as in any tensor-parallel head)"
+        else:
+            note = f"vs {gather / 1024:.0f} KiB to all-gather the logits instead ({gather / (2 * 7 / 8 * per_token):.0f}x)"
+        print(f"  {name:<22} {2 * 7 / 8 * per_token:>8.0f} B sent per rank {note}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"rows": args.rows, "vocab": args.vocab, "hidden": args.hidden, "worlds": worlds,

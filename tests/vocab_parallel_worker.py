@@ -111,6 +111,18 @@ def check_prob_loss(c: Checker, group):
 
     c.run("token_logprobs", logprobs)
 
+    def compiled():
+        # torch.compile traces the sharded path (graph breaks at the data-dependent argument checks).
+        z32, y32 = make_logits(8, 19, dtype=torch.float32, generator=c.generator(160))
+        part32 = c.split(19)
+        step = torch.compile(lambda zz: objx.prob_loss(zz, y32, "-p", process_group=group))
+        shard, full = _leaf(z32[:, part32]), _leaf(z32)
+        out, ref = step(shard), objx.prob_loss(full, y32, "-p")
+        c.close("compiled prob_loss", out, ref, 1e-5)
+        c.close("compiled prob_loss grad", _grad_of(out, [shard])[0], _grad_of(ref, [full])[0][:, part32], 1e-4)
+
+    c.run("compiled prob_loss", compiled)
+
 
 def check_linear(c: Checker, group):
     for dtype in (torch.float64, torch.float32):
