@@ -95,13 +95,14 @@ def plot(demo: DemoResult, path: str) -> None:
             mean = [sum(p) / len(p) for p in points]
             line, = ax.plot(result.steps, mean, label=name + ("  (recommended)" if name == pick else ""),
                             linewidth=2.6 if name == pick else 1.6)
-            if len(runs) > 1:
-                ax.fill_between(result.steps, [min(p) for p in points], [max(p) for p in points],
-                                color=line.get_color(), alpha=0.15)
+            if len(runs) > 1:  # each seed, faint: the seeds can start far apart
+                for run in runs:
+                    ax.plot(result.steps, run, color=line.get_color(), linewidth=0.8, alpha=0.35)
         regimes = ", ".join(f"{n} {r}" for r, n in Counter(r.regime for r in result.reports).most_common())
         mean_p = sum(r.mean_p for r in result.reports) / len(result.reports)
         ax.set_title(f"{result.case.name}\nmean p before = {mean_p:.3f} (seeds: {regimes})")
-        ax.set_xlabel("fine-tuning step")
+        ax.set_xlabel("fine-tuning step" + ("  (thick: mean over seeds; thin: each seed)" if len(result.reports) > 1
+                                            else ""))
         ax.set_ylabel("clean held-out token accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
