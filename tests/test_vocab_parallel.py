@@ -22,20 +22,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank, world, port, seed, out):
+def _rank(rank, world, port, seed, out, device):
     import vocab_parallel_worker
 
-    vocab_parallel_worker.main(rank, world, port, seed, out)
+    vocab_parallel_worker.main(rank, world, port, seed, out, device)
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_sharded_losses_equal_unsharded(world, tmp_path):
+def test_sharded_losses_equal_unsharded(world, device, tmp_path):
+    # On a GPU machine the ranks share the one device (gloo carries CUDA tensors): the CUDA kernels' row
+    # statistics are checked the same way.
     seed = random.randrange(2**31)
-    mp.spawn(_rank, args=(world, _free_port(), seed, str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_rank, args=(world, _free_port(), seed, str(tmp_path), device), nprocs=world, join=True)
     report = []
     for rank in range(world):
         lines = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
-        assert int(lines[0].split()[0]) > 300, lines[0]  # every check ran
+        assert int(lines[0].split()[0]) > 300 and lines[0].endswith(device), lines[0]  # every check ran, there
         report += [f"rank {rank}: {line}" for line in lines[1:] if line.strip()]
     assert not report, f"seed {seed}:\n" + "\n".join(report)
 

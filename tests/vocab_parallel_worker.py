@@ -16,8 +16,8 @@ from helpers import TOLERANCES, make_logits, rel_err  # noqa: E402
 
 
 class Checker:
-    def __init__(self, rank, world, seed):
-        self.rank, self.world, self.seed = rank, world, seed
+    def __init__(self, rank, world, seed, device):
+        self.rank, self.world, self.seed, self.dev = rank, world, seed, torch.device(device)
         self.failures = []
         self.count = 0
 
@@ -54,7 +54,7 @@ def _leaf(t):
 
 
 def _grad_of(out, inputs):
-    out = out if out.dim() == 0 else (out * torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(
+    out = out if out.dim() == 0 else (out * torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).reshape(
         out.shape)).sum()  # weighted, so that reduction="none" checks every row's gradient
     return torch.autograd.grad(out, inputs, allow_unused=True)
 
@@ -67,7 +67,7 @@ def check_prob_loss(c: Checker, group):
         tol_loss, tol_grad = TOLERANCES[dtype]
         for i, (objective, kw) in enumerate(cases):
             for reduction in ("mean", "sum", "none"):
-                z, y = make_logits(13, 37, dtype=dtype, generator=c.generator(100 + i))
+                z, y = make_logits(13, 37, dtype=dtype, generator=c.generator(100 + i), device=c.dev)
                 y[3] = -100
                 part = c.split(37)
                 what = f"prob_loss {objective} {kw} {reduction} {dtype}"
@@ -87,7 +87,7 @@ def check_prob_loss(c: Checker, group):
                 c.run(what, one)
     # Fewer columns than ranks: with 3 ranks one shard is empty.
     for what, kw in (("nll", {}), ("-p label smoothing", {"label_smoothing": 0.2}), ("softcap", {"softcap": 3.0})):
-        z2, y2 = make_logits(6, 2, dtype=torch.float64, generator=c.generator(140))
+        z2, y2 = make_logits(6, 2, dtype=torch.float64, generator=c.generator(140), device=c.dev)
         part2 = c.split(2)
 
         def tiny():
@@ -99,7 +99,7 @@ def check_prob_loss(c: Checker, group):
             c.close(f"prob_loss V=2 {what} grad", _grad_of(out, [shard])[0], _grad_of(ref, [full])[0][:, part2], 1e-10)
 
         c.run(f"prob_loss V=2 {what}", tiny)
-    z, y = make_logits(9, 23, dtype=torch.float64, generator=c.generator(150))
+    z, y = make_logits(9, 23, dtype=torch.float64, generator=c.generator(150), device=c.dev)
     part = c.split(23)
 
     def logprobs():
@@ -113,7 +113,7 @@ def check_prob_loss(c: Checker, group):
 
     def compiled():
         # torch.compile traces the sharded path (graph breaks at the data-dependent argument checks).
-        z32, y32 = make_logits(8, 19, dtype=torch.float32, generator=c.generator(160))
+        z32, y32 = make_logits(8, 19, dtype=torch.float32, generator=c.generator(160), device=c.dev)
         part32 = c.split(19)
         step = torch.compile(lambda zz: objx.prob_loss(zz, y32, "-p", process_group=group))
         shard, full = _leaf(z32[:, part32]), _leaf(z32)
@@ -129,10 +129,10 @@ def check_linear(c: Checker, group):
         tol_loss, tol_grad = TOLERANCES[dtype]
         for i, (objective, reduction) in enumerate([("nll", "mean"), ("-p", "sum"), ("-p^10", "none")]):
             g = c.generator(200 + i)
-            h = torch.randn(11, 16, dtype=torch.float64, generator=g).to(dtype)
-            w = (torch.randn(29, 16, dtype=torch.float64, generator=g) * 0.7).to(dtype)
-            b = torch.randn(29, dtype=torch.float64, generator=g).to(dtype)
-            y = torch.randint(0, 29, (11,), generator=g)
+            h = torch.randn(11, 16, dtype=torch.float64, generator=g).to(c.dev).to(dtype)
+            w = (torch.randn(29, 16, dtype=torch.float64, generator=g).to(c.dev) * 0.7).to(dtype)
+            b = torch.randn(29, dtype=torch.float64, generator=g).to(c.dev).to(dtype)
+            y = torch.randint(0, 29, (11,), generator=g).to(c.dev)
             y[0] = -100
             part = c.split(29)
             what = f"linear_prob_loss {objective} {reduction} {dtype}"
@@ -154,8 +154,8 @@ def check_linear(c: Checker, group):
 
     def logprobs():
         g = c.generator(250)
-        h, w = torch.randn(7, 8, dtype=torch.float64, generator=g), torch.randn(19, 8, dtype=torch.float64, generator=g)
-        y = torch.randint(0, 19, (7,), generator=g)
+        h, w = torch.randn(7, 8, dtype=torch.float64, generator=g).to(c.dev), torch.randn(19, 8, dtype=torch.float64, generator=g).to(c.dev)
+        y = torch.randint(0, 19, (7,), generator=g).to(c.dev)
         part = c.split(19)
         ref = objx.linear_token_logprobs(h, w, y)
         out = objx.linear_token_logprobs(h, w[part], y, process_group=group)
@@ -170,9 +170,9 @@ def check_distill(c: Checker, group):
         tol_loss, tol_grad = TOLERANCES[dtype]
         for i, method in enumerate(methods):
             g = c.generator(300 + i)
-            s = (torch.randn(10, 31, dtype=torch.float64, generator=g) * 2).to(dtype)
-            t = (torch.randn(10, 31, dtype=torch.float64, generator=g) * 2).to(dtype)
-            y = torch.randint(0, 31, (10,), generator=g)
+            s = (torch.randn(10, 31, dtype=torch.float64, generator=g).to(c.dev) * 2).to(dtype)
+            t = (torch.randn(10, 31, dtype=torch.float64, generator=g).to(c.dev) * 2).to(dtype)
+            y = torch.randint(0, 31, (10,), generator=g).to(c.dev)
             y[2] = -100
             part = c.split(31)
             what = f"distill_loss {method} {dtype}"
@@ -194,8 +194,8 @@ def check_distill(c: Checker, group):
             c.run(what, one)
     for i, method in enumerate(("ttm", "jsd")):
         g = c.generator(350 + i)
-        hs, ws = torch.randn(9, 8, dtype=torch.float64, generator=g), torch.randn(21, 8, dtype=torch.float64, generator=g)
-        ht, wt = torch.randn(9, 6, dtype=torch.float64, generator=g), torch.randn(21, 6, dtype=torch.float64, generator=g)
+        hs, ws = torch.randn(9, 8, dtype=torch.float64, generator=g).to(c.dev), torch.randn(21, 8, dtype=torch.float64, generator=g).to(c.dev)
+        ht, wt = torch.randn(9, 6, dtype=torch.float64, generator=g).to(c.dev), torch.randn(21, 6, dtype=torch.float64, generator=g).to(c.dev)
         part = c.split(21)
         what = f"linear_distill_loss {method}"
 
@@ -218,7 +218,7 @@ def check_divergence(c: Checker, group):
     kinds = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "alpha", "tv")
     for kind in ("kl", "js"):  # fewer columns than ranks
         g = c.generator(390)
-        p2, q2 = torch.randn(5, 2, dtype=torch.float64, generator=g), torch.randn(5, 2, dtype=torch.float64, generator=g)
+        p2, q2 = torch.randn(5, 2, dtype=torch.float64, generator=g).to(c.dev), torch.randn(5, 2, dtype=torch.float64, generator=g).to(c.dev)
         part2 = c.split(2)
         c.run(f"vocab_divergence V=2 {kind}", lambda: c.close(
             f"vocab_divergence V=2 {kind}", objx.vocab_divergence(p2[:, part2], q2[:, part2], kind, process_group=group),
@@ -227,9 +227,9 @@ def check_divergence(c: Checker, group):
         tol_loss, tol_grad = TOLERANCES[dtype]
         for i, kind in enumerate(kinds):
             g = c.generator(400 + i)
-            p = (torch.randn(8, 27, dtype=torch.float64, generator=g) * 2).to(dtype)
-            q = (torch.randn(8, 27, dtype=torch.float64, generator=g) * 2).to(dtype)
-            mask = torch.rand(8, generator=g) > 0.2
+            p = (torch.randn(8, 27, dtype=torch.float64, generator=g).to(c.dev) * 2).to(dtype)
+            q = (torch.randn(8, 27, dtype=torch.float64, generator=g).to(c.dev) * 2).to(dtype)
+            mask = (torch.rand(8, generator=g) > 0.2).to(c.dev)
             part = c.split(27)
             what = f"vocab_divergence {kind} {dtype}"
 
@@ -247,12 +247,12 @@ def check_divergence(c: Checker, group):
 
 
 def check_errors(c: Checker, group):
-    z, y = make_logits(4, 10, dtype=torch.float64, generator=c.generator(500))
+    z, y = make_logits(4, 10, dtype=torch.float64, generator=c.generator(500), device=c.dev)
     part = c.split(10)
     y[1] = 10  # one past the whole vocabulary: every rank must refuse it
     for what, call in (("target out of range", lambda: objx.prob_loss(z[:, part], y, process_group=group)),
                        ("wasserstein", lambda: objx.vocab_divergence(z[:, part], z[:, part], "wasserstein",
-                                                                     token_embeddings=torch.ones(10, 3),
+                                                                     token_embeddings=torch.ones(10, 3, device=c.dev),
                                                                      process_group=group)),
                        ("bad group", lambda: objx.prob_loss(z[:, part], y.clamp(max=9), process_group="world"))):
         c.count += 1
@@ -271,9 +271,9 @@ def check_dtensor_heads(c: Checker, group):
 
     mesh = init_device_mesh("cpu", (c.world,))
     g = c.generator(600)
-    w = torch.randn(17, 8, dtype=torch.float64, generator=g)
-    hidden = [torch.randn(5, 8, dtype=torch.float64, generator=g) for _ in range(c.world)]
-    target = [torch.randint(0, 17, (5,), generator=g) for _ in range(c.world)]
+    w = torch.randn(17, 8, dtype=torch.float64, generator=g).to(c.dev)
+    hidden = [torch.randn(5, 8, dtype=torch.float64, generator=g).to(c.dev) for _ in range(c.world)]
+    target = [torch.randint(0, 17, (5,), generator=g).to(c.dev) for _ in range(c.world)]
 
     def fsdp():
         wd = distribute_tensor(_leaf(w), mesh, [Shard(0)]).detach().requires_grad_(True)
@@ -299,15 +299,18 @@ def check_dtensor_heads(c: Checker, group):
     c.run("dtensor vocab-parallel head", vocab_parallel)
 
 
-def main(rank, world, port, seed, out):
+def main(rank, world, port, seed, out, device="cpu"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    c = Checker(rank, world, seed)
+    c = Checker(rank, world, seed, device)
     group = dist.group.WORLD
-    for check in (check_prob_loss, check_linear, check_distill, check_divergence, check_errors, check_dtensor_heads):
+    checks = [check_prob_loss, check_linear, check_distill, check_divergence, check_errors]
+    if c.dev.type == "cpu":  # the DTensor checks build a CPU mesh
+        checks.append(check_dtensor_heads)
+    for check in checks:
         c.run(check.__name__, lambda: check(c, group))
         dist.barrier()
     with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
-        f.write(f"{c.count} checks\n" + "\n".join(c.failures))
+        f.write(f"{c.count} checks on {c.dev}\n" + "\n".join(c.failures))
     dist.destroy_process_group()
