@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(DEPS_STAMP): $(BIN)/python Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja numpy tqdm matplotlib transformers accelerate pytest hypothesis
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja numpy tqdm matplotlib transformers accelerate trl datasets pytest hypothesis
 	touch $@
 
 # Incremental: scikit-build-core keeps its CMake build folder under build/.

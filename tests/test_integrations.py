@@ -58,6 +58,29 @@ def test_generalized_jsd_loss_matches_the_gkd_definition(beta, reduction, with_l
     torch.testing.assert_close(g_got, g_exp, rtol=1e-10, atol=1e-12)
 
 
+def test_generalized_jsd_loss_equals_trls_own(monkeypatch):
+    """Against the installed TRL's GKDTrainer.generalized_jsd_loss (CI installs trl)."""
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    s = (torch.randn(3, 5, 50, dtype=torch.float64, generator=g) * 2).requires_grad_(True)
+    t = torch.randn(3, 5, 50, dtype=torch.float64, generator=g) * 2
+    labels = torch.randint(0, 50, (3, 5), generator=g)
+    labels[0, :2] = -100
+    for beta in (0.0, 0.3, 1.0):
+        for reduction in ("batchmean", "sum", "mean"):
+            for lab in (labels, None):
+                theirs = gkd.GKDTrainer.generalized_jsd_loss(s, t, lab, beta=beta, temperature=1.5, reduction=reduction)
+                ours = objx_trl.generalized_jsd_loss(s, t, lab, beta=beta, temperature=1.5, reduction=reduction)
+                torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-14)
+                g_theirs, = torch.autograd.grad(theirs, s)
+                g_ours, = torch.autograd.grad(ours, s)
+                torch.testing.assert_close(g_ours, g_theirs, rtol=1e-9, atol=1e-14)
+    items = torch.tensor(7)
+    torch.testing.assert_close(objx_trl.generalized_jsd_loss(s, t, labels, beta=0.3, num_items_in_batch=items),
+                               gkd.GKDTrainer.generalized_jsd_loss(s, t, labels, beta=0.3, num_items_in_batch=items))
+
+
 def test_generalized_jsd_loss_num_items_in_batch_and_bad_reduction():
     s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
     total = objx_trl.generalized_jsd_loss(s, t, reduction="sum")
