@@ -303,6 +303,8 @@ def main(rank, world, port, seed, out, device="cpu"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    # Row blocks of about 3 rows (at V / P around 15), so that every blocked path runs several blocks.
+    objx.sharded_losses.BLOCK_BYTES = 3 * 6 * 4 * 15
     c = Checker(rank, world, seed, device)
     group = dist.group.WORLD
     checks = [check_prob_loss, check_linear, check_distill, check_divergence, check_errors]

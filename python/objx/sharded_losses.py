@@ -3,8 +3,9 @@ vocabulary shard of the logits (or of the LM head) and gets the unsharded loss. 
 objx.reference's: the SFT losses from row statistics objx's kernel computes on the shard
 (objx.vocab_parallel.target_row_stats: no collective in their backward), distillation and the
 divergences evaluated through objx.vocab_parallel.ShardedVocabulary in PyTorch; float32 (float64 for
-float64 inputs). The LM-head forms build the logits shard one row block at a time under activation
-checkpointing, so at most one block of [rows, V / P] logits (and its temporaries) is alive."""
+float64 inputs). Distillation, the divergences and every LM-head form run one row block at a time
+under activation checkpointing, so at most one block of [rows, V / P] temporaries is alive (the
+block is recomputed in the backward, its collectives too)."""
 
 from typing import Optional
 
@@ -23,8 +24,16 @@ from .vocab_parallel import (ShardedVocabulary, check_group, check_targets, comp
 _LIVE_COPIES = 6
 
 
-def _row_block(rows: int, local_vocab: int, device: torch.device) -> int:
-    return int(max(1, min(max(rows, 1), tile_budget_bytes(device) // (_LIVE_COPIES * 4 * max(local_vocab, 1)))))
+# Bytes of temporaries per row block; None: objx._tiles' budget for the device (tests set it small).
+BLOCK_BYTES: Optional[int] = None
+
+
+def _row_block(rows: int, vocab: ShardedVocabulary, device: torch.device) -> int:
+    """Rows per block, the same on every rank (from the largest shard): every rank must issue the
+    same collectives in the same order."""
+    budget = BLOCK_BYTES if BLOCK_BYTES is not None else tile_budget_bytes(device)
+    widest = -(-vocab.total // vocab.world)
+    return int(max(1, min(max(rows, 1), budget // (_LIVE_COPIES * 4 * widest))))
 
 
 def _head(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype) -> torch.Tensor:
@@ -93,7 +102,7 @@ def linear_prob_loss(fn: str, hidden: torch.Tensor, weight: torch.Tensor, bias, 
         return _prob_rows(_head(h_b, weight, bias, dtype), y_b, obj, vocab, ignore_index=ignore_index,
                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
 
-    size = chunk_size or _row_block(h.shape[0], weight.shape[0], h.device)
+    size = chunk_size or _row_block(h.shape[0], vocab, h.device)
     rows, counted, p = _blocks(block, h.shape[0], size, h, y)
     loss = reduce_rows(rows, counted, reduction, shape)
     return (loss, p.to(torch.float32).reshape(shape)) if return_token_prob else loss
@@ -114,9 +123,16 @@ def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Te
     vocab = ShardedVocabulary(process_group, s.shape[-1], s.device, fn)
     if y is not None:
         check_targets(fn, y, vocab, ignore_index)
-    rows, counted, terms = reference.distill_rows(s, t, y, ignore_index=ignore_index, dtype=compute_dtype(s, t),
-                                                  vocab=vocab, **method_kwargs)
-    return _distill_out(rows, counted, terms, reduction, shape, return_terms)
+    dtype = compute_dtype(s, t)
+
+    def block(s_b, t_b, y_b):
+        rows, counted, terms = reference.distill_rows(s_b, t_b, y_b, ignore_index=ignore_index, dtype=dtype,
+                                                      vocab=vocab, **method_kwargs)
+        return rows, counted, terms["soft"], terms["hard"], terms["U"]
+
+    # Row blocks under checkpointing bound the formulas' [rows, V / P] temporaries to one block.
+    rows, counted, soft, hard, u = _blocks(block, s.shape[0], _row_block(s.shape[0], vocab, s.device), s, t, y)
+    return _distill_out(rows, counted, {"soft": soft, "hard": hard, "U": u}, reduction, shape, return_terms)
 
 
 def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_index, reduction, return_terms,
@@ -136,7 +152,7 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
                                                       **method_kwargs)
         return rows, counted, terms["soft"], terms["hard"], terms["U"]
 
-    size = chunk_size or _row_block(h.shape[0], ws.shape[0], h.device)
+    size = chunk_size or _row_block(h.shape[0], vocab, h.device)
     rows, counted, soft, hard, u = _blocks(block, h.shape[0], size, h, ht, y)
     return _distill_out(rows, counted, {"soft": soft, "hard": hard, "U": u}, reduction, shape, return_terms)
 
@@ -144,5 +160,11 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
 def vocab_divergence(fn: str, z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, *, process_group):
     check_group(fn, process_group)
     vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
-    return reference.vocab_divergence(z, r, kind, div_alpha=div_alpha, mask=mask, dtype=compute_dtype(z, r),
-                                      vocab=vocab)
+    dtype = compute_dtype(z, r)
+
+    def block(z_b, r_b, mask_b):
+        return (reference.vocab_divergence(z_b, r_b, kind, div_alpha=div_alpha, mask=mask_b, dtype=dtype,
+                                           vocab=vocab),)
+
+    (div,) = _blocks(block, z.shape[0], _row_block(z.shape[0], vocab, z.device), z, r, mask)
+    return div
