@@ -44,6 +44,8 @@ def _head(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 def _blocks(fn, rows: int, block: int, *tensors):
     """fn(*row slices of tensors) -> tuple of per-row tensors, concatenated over row blocks; each
     block recomputed in the backward (its collectives too: every rank replays them in order)."""
+    if rows <= block:  # one block: nothing to bound, no recompute
+        return fn(*tensors)
     outs = []
     for start in range(0, rows, block):
         part = [t[start:start + block] if t is not None else None for t in tensors]
