@@ -8,9 +8,6 @@ import torch
 class WholeVocabulary:
     """Every row holds the whole vocabulary."""
 
-    def size(self, z: torch.Tensor) -> int:
-        return z.shape[-1]
-
     def lse(self, z: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(z, -1)
 

@@ -1,14 +1,15 @@
-"""SPEC §4: losses over logits (or LM-head rows) sharded by vocabulary across a process group.
+"""SPEC §4: the primitives of objx's vocabulary-parallel losses (objx.sharded_losses uses them).
 
 Rank r holds the vocabulary columns [offset_r, offset_r + V_r) in rank order; shards may be uneven
 (their sizes are exchanged once per call). Row maxima are all-reduced with MAX, sums of exponentials
 and every other sum over the vocabulary with SUM, the target's logit by SUM of the owner's entry.
-The losses are the reference formulas (objx.reference) evaluated on the shard through
-ShardedVocabulary, so the sharded and unsharded losses are the same formula.
 
-Gradients: each rank gets the gradient of its own shard. A replicated per-row statistic (an LSE)
-that feeds per-entry terms on every rank needs its gradient summed over the ranks, one [N] vector
-all-reduced per such statistic in the backward; the LM-head forms also all-reduce grad_hidden.
+- target_row_stats: per row, the LSE over the non-target tokens, the target logit (and the row
+  sum), from objx's kernel on the shard; everything the SFT losses need, with a local backward.
+- ShardedVocabulary: the objx._vocabulary interface over a shard, so that objx.reference's formulas
+  (distillation, divergences) run unchanged on it. A replicated per-row statistic (an LSE) that
+  feeds per-entry terms on every rank has its gradient summed over the ranks in the backward, one
+  [N] vector per such statistic.
 """
 
 from typing import Optional
@@ -88,9 +89,6 @@ class ShardedVocabulary:
         self.total = int(sum(sizes))
         if self.total == 0:
             raise ValueError(f"{fn}: every rank's vocabulary shard is empty")
-
-    def size(self, z: torch.Tensor) -> int:
-        return self.total
 
     def lse(self, z: torch.Tensor) -> torch.Tensor:
         return _ShardedLogSumExp.apply(z, self.group)
