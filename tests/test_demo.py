@@ -12,6 +12,7 @@ from objx.demo import language
 from objx.demo.experiment import Case, CaseResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+pytestmark = pytest.mark.cpu_only
 
 
 def test_language_marks_only_answers_and_noise_stays_in_the_answer_alphabet():

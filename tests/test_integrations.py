@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import objx
 from objx.integrations import trl as objx_trl
 
+pytestmark = pytest.mark.cpu_only
+
 
 def test_objx_imports_without_transformers_or_trl():
     code = ("import sys; sys.modules['transformers'] = None; sys.modules['trl'] = None; "

@@ -28,6 +28,8 @@ def _rank(rank, world, port, seed, out, device):
     vocab_parallel_worker.main(rank, world, port, seed, out, device)
 
 
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.cpu_only)]
+                         + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_losses_equal_unsharded(world, device, tmp_path):
     # On a GPU machine the ranks share the one device (gloo carries CUDA tensors): the CUDA kernels' row
@@ -42,6 +44,7 @@ def test_sharded_losses_equal_unsharded(world, device, tmp_path):
     assert not report, f"seed {seed}:\n" + "\n".join(report)
 
 
+@pytest.mark.cpu_only
 def test_process_group_without_distributed_is_a_clear_error():
     if dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
