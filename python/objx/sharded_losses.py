@@ -1,11 +1,18 @@
 """The vocabulary-parallel forms of objx's losses (process_group=...; SPEC §4): each rank passes its
-vocabulary shard of the logits (or of the LM head) and gets the unsharded loss. The formulas are
-objx.reference's: the SFT losses from row statistics objx's kernel computes on the shard
-(objx.vocab_parallel.target_row_stats: no collective in their backward), distillation and the
-divergences evaluated through objx.vocab_parallel.ShardedVocabulary in PyTorch; float32 (float64 for
-float64 inputs). Distillation, the divergences and every LM-head form run one row block at a time
-under activation checkpointing, so at most one block of [rows, V / P] temporaries is alive (the
-block is recomputed in the backward, its collectives too)."""
+vocabulary shard of the logits (or of the LM head) and gets the unsharded loss.
+
+- SFT losses: objx.reference's per-row formula on row statistics objx's kernel computes on the
+  shard (objx.vocab_parallel.target_row_stats); no collective in the backward.
+- KL-family distillation (ttm, wttm, kd, forward_kl, reverse_kl): objx's distill kernels on the
+  shard, their row sums renormalised to the whole vocabulary (objx.vocab_parallel.kl_distill_soft);
+  no collective in the backward.
+- JSD, TVD and the vocabulary divergences: objx.reference's formulas evaluated through
+  objx.vocab_parallel.ShardedVocabulary in PyTorch, one row block at a time under activation
+  checkpointing, so that one block of [rows, V / P] temporaries is alive.
+- LM-head forms: one row block of shard logits at a time under checkpointing, then the above.
+Computed in float32 (float64 for float64 inputs). Every rank must take the same branch and the
+same row blocks: they issue the same collectives in the same order.
+"""
 
 from typing import Optional
 
@@ -17,8 +24,8 @@ from ._args import reduce_rows
 from ._tiles import tile_budget_bytes
 from .objective import Objective
 from ._vocabulary import target_logprob_from
-from .vocab_parallel import (ShardedVocabulary, check_group, check_targets, compute_dtype, replicated_to_shard,
-                             target_row_stats)
+from .vocab_parallel import (KL_DISTILL, ShardedVocabulary, check_group, check_targets, compute_dtype,
+                             kl_distill_soft, replicated_to_shard, target_row_stats)
 
 # Temporaries the reference formulas keep per logits entry (logits, masked copy, log-softmax, exp).
 _LIVE_COPIES = 6
@@ -119,6 +126,23 @@ def _distill_out(rows, counted, terms, reduction, shape, return_terms):
     return loss, {k: torch.where(counted, v, torch.full_like(v, fill[k])).reshape(shape) for k, v in terms.items()}
 
 
+def _kl_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, method, temperature, beta, hard_weight,
+                     soft_weight):
+    """KL-family distillation from objx's kernels on the shard (objx.vocab_parallel.kl_distill_soft;
+    the hard term from the SFT row statistics): (rows, counted, terms)."""
+    soft, stats = kl_distill_soft(s, t, method, temperature, vocab)
+    u = torch.exp(stats[:, 2] - stats[:, 3] / float(temperature))
+    if y is None:
+        counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        hard = torch.zeros_like(soft)
+    else:
+        counted = y != ignore_index
+        others, z_y, _ = target_row_stats(s, torch.where(counted, y, torch.full_like(y, -1)), vocab)
+        hard = -target_logprob_from(others, z_y)
+    rows = soft_weight * soft + (hard_weight * hard if hard_weight else 0.0)
+    return torch.where(counted, rows, torch.zeros_like(rows)), counted, {"soft": soft, "hard": hard, "U": u}
+
+
 def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], shape, *, ignore_index,
                  reduction, return_terms, process_group, **method_kwargs):
     check_group(fn, process_group)
@@ -126,6 +150,10 @@ def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Te
     if y is not None:
         check_targets(fn, y, vocab, ignore_index)
     dtype = compute_dtype(s, t)
+    # The same decision on every rank (they must issue the same collectives): no empty shard anywhere.
+    if method_kwargs["method"] in KL_DISTILL and min(vocab.sizes) > 0 and s.dtype == t.dtype:
+        return _distill_out(*_kl_distill_rows(s, t, y, vocab, ignore_index=ignore_index, **method_kwargs),
+                            reduction, shape, return_terms)
 
     def block(s_b, t_b, y_b):
         rows, counted, terms = reference.distill_rows(s_b, t_b, y_b, ignore_index=ignore_index, dtype=dtype,
@@ -146,12 +174,18 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
     dtype = compute_dtype(hs, ws)
     h = replicated_to_shard(hs, process_group)
 
+    kernels = method_kwargs["method"] in KL_DISTILL and min(vocab.sizes) > 0
+
     def block(h_b, ht_b, y_b):
         with torch.no_grad():
             teacher = _head(ht_b, wt, bt, dtype)
-        rows, counted, terms = reference.distill_rows(_head(h_b, ws, bs, dtype), teacher, y_b,
-                                                      ignore_index=ignore_index, dtype=dtype, vocab=vocab,
-                                                      **method_kwargs)
+        student = _head(h_b, ws, bs, dtype)
+        if kernels:
+            rows, counted, terms = _kl_distill_rows(student, teacher, y_b, vocab, ignore_index=ignore_index,
+                                                    **method_kwargs)
+        else:
+            rows, counted, terms = reference.distill_rows(student, teacher, y_b, ignore_index=ignore_index,
+                                                          dtype=dtype, vocab=vocab, **method_kwargs)
         return rows, counted, terms["soft"], terms["hard"], terms["U"]
 
     size = chunk_size or _row_block(h.shape[0], vocab, h.device)

@@ -85,6 +85,7 @@ class ShardedVocabulary:
         sizes = _all_reduce(torch.zeros(self.world, dtype=torch.int64, device=device).index_fill_(
             0, torch.tensor([rank], device=device), int(local_size)), "sum", group).tolist()
         self.local_size = int(local_size)
+        self.sizes = sizes
         self.offset = int(sum(sizes[:rank]))
         self.total = int(sum(sizes))
         if self.total == 0:
@@ -228,3 +229,60 @@ def target_row_stats(z: torch.Tensor, target: torch.Tensor, vocab: ShardedVocabu
     owned, local = vocab.owned(target)
     return _TargetRowStats.apply(z.contiguous(), local, owned, None if softcap is None else float(softcap),
                                  bool(want_sum), vocab.group)
+
+
+# Distillation methods whose divergence sum is KL(p || q) or KL(q || p): their per-shard sums can be
+# renormalised to the whole vocabulary (JSD's mixture and TVD's |p - q| cannot).
+KL_DISTILL = ("ttm", "wttm", "kd", "forward_kl", "reverse_kl")
+
+
+def _log_share(local_lse: torch.Tensor, global_lse: torch.Tensor) -> torch.Tensor:
+    """log of the shard's share of the row's probability mass (-inf for a shard with none)."""
+    return torch.where(torch.isfinite(local_lse), local_lse - global_lse, torch.full_like(local_lse, float("-inf")))
+
+
+class _ShardedKlDistillSoft(torch.autograd.Function):
+    """The soft term of a KL-family distillation method per row, from objx's distill kernel on the
+    shard. The kernel's local row statistics (four LSEs over the shard, the divergence sum under the
+    shard's own normalisation) become the whole vocabulary's: the LSEs by MAX + SUM, and with w_r,
+    v_r the shard's shares of p's and q's mass, D = Σ_r w_r (D_r + log w_r − log v_r) (KL(p||q); p
+    and q swap for reverse_kl) by one more SUM. The backward is the kernel's, local, from those
+    whole-vocabulary statistics."""
+
+    @staticmethod
+    def forward(ctx, s, t, method, temperature, group):
+        _loss, _soft, _hard, local, counted = torch.ops.objx.distill_forward(
+            s, t, None, method, temperature, 0.5, 0.0, 1.0, -100)
+        lses = local[:, :4]  # lse(s), lse(s/T), lse(t/T), lse(t)
+        m = _all_reduce(lses, "max", group)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        whole = m_safe + torch.log(_all_reduce(torch.exp(lses - m_safe), "sum", group))
+        q_col = 0 if method in ("ttm", "wttm") else 1  # the student compared: at T = 1 or at T
+        log_w = _log_share(local[:, 2], whole[:, 2])
+        log_v = _log_share(local[:, q_col], whole[:, q_col])
+        if method == "reverse_kl":
+            log_w, log_v = log_v, log_w
+        term = torch.exp(log_w) * (local[:, 4] + log_w - log_v)
+        term = torch.where(torch.isfinite(log_w), term, torch.zeros_like(term))  # a shard without p's mass
+        div = _all_reduce(term, "sum", group)
+        stats = torch.cat([whole, div[:, None], torch.zeros_like(div)[:, None]], 1)
+        ctx.save_for_backward(s, t, stats, counted)
+        ctx.method, ctx.temperature = method, temperature
+        T = temperature
+        if method == "wttm":
+            return torch.exp(whole[:, 2] - whole[:, 3] / T) * div, stats
+        return (T * T * div if method == "kd" else div), stats
+
+    @staticmethod
+    def backward(ctx, g_soft, _g_stats):
+        s, t, stats, counted = ctx.saved_tensors
+        grad = torch.ops.objx.distill_backward(g_soft.contiguous(), s, t, None, stats, counted, ctx.method,
+                                               ctx.temperature, 0.5, 0.0, 1.0, -100)
+        return grad, None, None, None, None
+
+
+def kl_distill_soft(s: torch.Tensor, t: torch.Tensor, method: str, temperature: float, vocab: ShardedVocabulary):
+    """(soft term per row, whole-vocabulary row statistics [N, 6]) for a KL-family method."""
+    soft, stats = _ShardedKlDistillSoft.apply(s.contiguous(), t.detach().contiguous(), method, float(temperature),
+                                              vocab.group)
+    return soft, stats.detach()
