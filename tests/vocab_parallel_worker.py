@@ -193,6 +193,24 @@ def check_distill(c: Checker, group):
                     c.close(f"{what} term {name}", terms[name], ref_terms[name], tol_loss)
 
             c.run(what, one)
+    for i, method in enumerate(("ttm", "wttm", "forward_kl", "jsd")):
+        # A teacher that puts no mass on the first 16 of 31 tokens: whole shards hold none of it.
+        g = c.generator(340 + i)
+        s = torch.randn(6, 31, dtype=torch.float64, generator=g).to(c.dev)
+        t = torch.randn(6, 31, dtype=torch.float64, generator=g).to(c.dev)
+        t[:3, :16] = float("-inf")
+        part = c.split(31)
+        what = f"distill_loss {method} masked teacher"
+
+        def masked():
+            sf, ss = _leaf(s), _leaf(s[:, part])
+            ref = objx.distill_loss(sf, t, method=method, temperature=2.0, hard_weight=0.0)
+            out = objx.distill_loss(ss, t[:, part], method=method, temperature=2.0, hard_weight=0.0,
+                                    process_group=group)
+            c.close(what, out, ref, 1e-10)
+            c.close(what + " grad", _grad_of(out, [ss])[0], _grad_of(ref, [sf])[0][:, part], 1e-10)
+
+        c.run(what, masked)
     for i, method in enumerate(("ttm", "jsd")):
         g = c.generator(350 + i)
         hs, ws = torch.randn(9, 8, dtype=torch.float64, generator=g).to(c.dev), torch.randn(21, 8, dtype=torch.float64, generator=g).to(c.dev)
@@ -217,6 +235,23 @@ def check_distill(c: Checker, group):
 
 def check_divergence(c: Checker, group):
     kinds = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "alpha", "tv")
+    for kind in ("reverse_kl", "hellinger", "bhattacharyya", "renyi", "alpha", "js"):
+        # A reference that puts no mass on the first 14 of 27 tokens: whole shards hold none of it.
+        g = c.generator(380)
+        p3 = torch.randn(5, 27, dtype=torch.float64, generator=g).to(c.dev)
+        q3 = torch.randn(5, 27, dtype=torch.float64, generator=g).to(c.dev)
+        q3[:2, :14] = float("-inf")
+        part3 = c.split(27)
+        what = f"vocab_divergence {kind} masked reference"
+
+        def masked(kind=kind, what=what):
+            pf, ps = _leaf(p3), _leaf(p3[:, part3])
+            ref = objx.vocab_divergence(pf, q3, kind, div_alpha=0.7)
+            out = objx.vocab_divergence(ps, q3[:, part3], kind, div_alpha=0.7, process_group=group)
+            c.close(what, out, ref, 1e-10)
+            c.close(what + " grad", _grad_of(out, [ps])[0], _grad_of(ref, [pf])[0][:, part3], 1e-10)
+
+        c.run(what, masked)
     for kind in ("kl", "js"):  # fewer columns than ranks
         g = c.generator(390)
         p2, q2 = torch.randn(5, 2, dtype=torch.float64, generator=g).to(c.dev), torch.randn(5, 2, dtype=torch.float64, generator=g).to(c.dev)

@@ -6,7 +6,9 @@ vocabulary shard of the logits (or of the LM head) and gets the unsharded loss.
 - KL-family distillation (ttm, wttm, kd, forward_kl, reverse_kl): objx's distill kernels on the
   shard, their row sums renormalised to the whole vocabulary (objx.vocab_parallel.kl_distill_soft);
   no collective in the backward.
-- JSD, TVD and the vocabulary divergences: objx.reference's formulas evaluated through
+- kl, reverse_kl, hellinger, bhattacharyya, renyi, alpha divergences: the same with objx's
+  vocab_divergence kernels (objx.vocab_parallel.kernel_divergence).
+- JSD / TVD distillation and the js / tv divergences: objx.reference's formulas evaluated through
   objx.vocab_parallel.ShardedVocabulary in PyTorch, one row block at a time under activation
   checkpointing, so that one block of [rows, V / P] temporaries is alive.
 - LM-head forms: one row block of shard logits at a time under checkpointing, then the above.
@@ -24,8 +26,8 @@ from ._args import reduce_rows
 from ._tiles import tile_budget_bytes
 from .objective import Objective
 from ._vocabulary import target_logprob_from
-from .vocab_parallel import (KL_DISTILL, ShardedVocabulary, check_group, check_targets, compute_dtype,
-                             kl_distill_soft, replicated_to_shard, target_row_stats)
+from .vocab_parallel import (KERNEL_DIVERGENCES, KL_DISTILL, ShardedVocabulary, check_group, check_targets,
+                             compute_dtype, kernel_divergence, kl_distill_soft, replicated_to_shard, target_row_stats)
 
 # Temporaries the reference formulas keep per logits entry (logits, masked copy, log-softmax, exp).
 _LIVE_COPIES = 6
@@ -197,6 +199,8 @@ def vocab_divergence(fn: str, z: torch.Tensor, r: torch.Tensor, kind: str, div_a
     check_group(fn, process_group)
     vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
     dtype = compute_dtype(z, r)
+    if kind in KERNEL_DIVERGENCES and min(vocab.sizes) > 0 and z.dtype == r.dtype:
+        return kernel_divergence(z, r, kind, div_alpha, mask, vocab)
 
     def block(z_b, r_b, mask_b):
         return (reference.vocab_divergence(z_b, r_b, kind, div_alpha=div_alpha, mask=mask_b, dtype=dtype,

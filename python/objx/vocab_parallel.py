@@ -286,3 +286,69 @@ def kl_distill_soft(s: torch.Tensor, t: torch.Tensor, method: str, temperature: 
     soft, stats = _ShardedKlDistillSoft.apply(s.contiguous(), t.detach().contiguous(), method, float(temperature),
                                               vocab.group)
     return soft, stats.detach()
+
+
+# Vocabulary divergences whose row sums renormalise from shards: with w_r, v_r the shard's shares of
+# p's and q's mass, KL sums become Σ_r w_r (D_r + log w_r − log v_r), the power sums Σ p^a q^(1-a)
+# become Σ_r w_r^a v_r^(1-a) S_r (a = 1/2 for hellinger / bhattacharyya). JS and TV do not.
+KERNEL_DIVERGENCES = ("kl", "reverse_kl", "hellinger", "bhattacharyya", "renyi", "alpha")
+
+
+def _power_share(a: float, log_w: torch.Tensor, log_v: torch.Tensor) -> torch.Tensor:
+    """w^a v^(1-a), 0 when the shard holds neither distribution's mass."""
+    log_coef = a * log_w + (1 - a) * log_v
+    neither = torch.isneginf(log_w) & torch.isneginf(log_v)
+    return torch.where(neither, torch.zeros_like(log_coef), torch.exp(log_coef))
+
+
+class _ShardedVocabDivergence(torch.autograd.Function):
+    """vocab_divergence per row for KERNEL_DIVERGENCES from objx's kernel on the shard: local row
+    statistics (both LSEs, the shard-normalised sum) made whole by MAX + SUM and one more SUM; the
+    kernel's backward on the whole-vocabulary statistics, local."""
+
+    @staticmethod
+    def forward(ctx, z, r, kind, div_alpha, mask, group):
+        _div, local = torch.ops.objx.vocab_divergence_forward(z, r, kind, div_alpha, mask)
+        lses = local[:, :2]
+        m = _all_reduce(lses, "max", group)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        whole = m_safe + torch.log(_all_reduce(torch.exp(lses - m_safe), "sum", group))
+        log_w, log_v = _log_share(local[:, 0], whole[:, 0]), _log_share(local[:, 1], whole[:, 1])
+        part = local[:, 2]
+        if kind in ("kl", "reverse_kl"):
+            if kind == "reverse_kl":
+                log_w, log_v = log_v, log_w
+            term = torch.exp(log_w) * (part + log_w - log_v)
+            term = torch.where(torch.isfinite(log_w), term, torch.zeros_like(term))
+        else:
+            a = 0.5 if kind in ("hellinger", "bhattacharyya") else div_alpha
+            coef = _power_share(a, log_w, log_v)
+            term = torch.where(coef == 0, torch.zeros_like(part), coef * part)
+        agg = _all_reduce(term, "sum", group)
+        stats = torch.stack([whole[:, 0], whole[:, 1], agg, torch.zeros_like(agg)], 1)
+        if kind in ("kl", "reverse_kl"):
+            div = agg
+        elif kind == "hellinger":
+            div = 1 - agg
+        elif kind == "bhattacharyya":
+            div = -torch.log(agg)
+        elif kind == "renyi":
+            div = torch.log(agg) / (div_alpha - 1)
+        else:
+            div = (1 - agg) / (div_alpha * (1 - div_alpha))
+        if mask is not None:
+            div = torch.where(mask, div, torch.zeros_like(div))
+        ctx.save_for_backward(z, r, stats, mask)
+        ctx.kind, ctx.div_alpha = kind, div_alpha
+        return div
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, r, stats, mask = ctx.saved_tensors
+        g = torch.ops.objx.vocab_divergence_backward(grad.contiguous(), z, r, stats, ctx.kind, ctx.div_alpha, mask)
+        return g, None, None, None, None, None
+
+
+def kernel_divergence(z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, vocab: ShardedVocabulary):
+    return _ShardedVocabDivergence.apply(z.contiguous(), r.detach().contiguous(), kind, float(div_alpha), mask,
+                                         vocab.group)
