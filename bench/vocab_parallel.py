@@ -37,8 +37,13 @@ def _cases(rows, vocab, hidden_dim, g):
         "distill_loss ttm": (lambda zz, pg, tt=t: objx.distill_loss(zz, tt if pg is None else tt[:, _part(pg, vocab)],
                                                                     y, method="ttm", temperature=2.0,
                                                                     process_group=pg), z),
+        "distill_loss jsd": (lambda zz, pg, tt=t: objx.distill_loss(zz, tt if pg is None else tt[:, _part(pg, vocab)],
+                                                                    y, method="jsd", temperature=2.0,
+                                                                    process_group=pg), z),
         "vocab_divergence kl": (lambda zz, pg, tt=t: objx.vocab_divergence(
             zz, tt if pg is None else tt[:, _part(pg, vocab)], "kl", process_group=pg).mean(), z),
+        "vocab_divergence js": (lambda zz, pg, tt=t: objx.vocab_divergence(
+            zz, tt if pg is None else tt[:, _part(pg, vocab)], "js", process_group=pg).mean(), z),
         "linear_prob_loss nll": (lambda ww, pg: objx.linear_prob_loss(h, ww, y, process_group=pg), w),
     }
 
