@@ -25,6 +25,12 @@ class Checker:
         # Same inputs on every rank: the seed is the parent's, the stream the case's.
         return torch.Generator().manual_seed(self.seed * 1009 + case)
 
+    def randn(self, g, *shape, scale=1.0, dtype=torch.float64):
+        return (torch.randn(*shape, dtype=torch.float64, generator=g) * scale).to(self.dev, dtype)
+
+    def randint(self, g, high, shape):
+        return torch.randint(0, high, shape, generator=g).to(self.dev)
+
     def split(self, vocab):
         """Uneven when world does not divide vocab: the first vocab % world ranks get one more."""
         base, extra = divmod(vocab, self.world)
@@ -130,10 +136,10 @@ def check_linear(c: Checker, group):
         tol_loss, tol_grad = TOLERANCES[dtype]
         for i, (objective, reduction) in enumerate([("nll", "mean"), ("-p", "sum"), ("-p^10", "none")]):
             g = c.generator(200 + i)
-            h = torch.randn(11, 16, dtype=torch.float64, generator=g).to(c.dev).to(dtype)
-            w = (torch.randn(29, 16, dtype=torch.float64, generator=g).to(c.dev) * 0.7).to(dtype)
-            b = torch.randn(29, dtype=torch.float64, generator=g).to(c.dev).to(dtype)
-            y = torch.randint(0, 29, (11,), generator=g).to(c.dev)
+            h = c.randn(g, 11, 16, dtype=dtype)
+            w = c.randn(g, 29, 16, scale=0.7, dtype=dtype)
+            b = c.randn(g, 29, dtype=dtype)
+            y = c.randint(g, 29, (11,))
             y[0] = -100
             part = c.split(29)
             what = f"linear_prob_loss {objective} {reduction} {dtype}"
@@ -155,8 +161,8 @@ def check_linear(c: Checker, group):
 
     def logprobs():
         g = c.generator(250)
-        h, w = torch.randn(7, 8, dtype=torch.float64, generator=g).to(c.dev), torch.randn(19, 8, dtype=torch.float64, generator=g).to(c.dev)
-        y = torch.randint(0, 19, (7,), generator=g).to(c.dev)
+        h, w = c.randn(g, 7, 8), c.randn(g, 19, 8)
+        y = c.randint(g, 19, (7,))
         part = c.split(19)
         ref = objx.linear_token_logprobs(h, w, y)
         out = objx.linear_token_logprobs(h, w[part], y, process_group=group)
@@ -171,9 +177,9 @@ def check_distill(c: Checker, group):
         tol_loss, tol_grad = TOLERANCES[dtype]
         for i, method in enumerate(methods):
             g = c.generator(300 + i)
-            s = (torch.randn(10, 31, dtype=torch.float64, generator=g).to(c.dev) * 2).to(dtype)
-            t = (torch.randn(10, 31, dtype=torch.float64, generator=g).to(c.dev) * 2).to(dtype)
-            y = torch.randint(0, 31, (10,), generator=g).to(c.dev)
+            s = c.randn(g, 10, 31, scale=2, dtype=dtype)
+            t = c.randn(g, 10, 31, scale=2, dtype=dtype)
+            y = c.randint(g, 31, (10,))
             y[2] = -100
             part = c.split(31)
             what = f"distill_loss {method} {dtype}"
@@ -196,8 +202,8 @@ def check_distill(c: Checker, group):
     for i, method in enumerate(("ttm", "wttm", "forward_kl", "jsd")):
         # A teacher that puts no mass on the first 16 of 31 tokens: whole shards hold none of it.
         g = c.generator(340 + i)
-        s = torch.randn(6, 31, dtype=torch.float64, generator=g).to(c.dev)
-        t = torch.randn(6, 31, dtype=torch.float64, generator=g).to(c.dev)
+        s = c.randn(g, 6, 31)
+        t = c.randn(g, 6, 31)
         t[:3, :16] = float("-inf")
         part = c.split(31)
         what = f"distill_loss {method} masked teacher"
@@ -213,8 +219,8 @@ def check_distill(c: Checker, group):
         c.run(what, masked)
     for i, method in enumerate(("ttm", "jsd")):
         g = c.generator(350 + i)
-        hs, ws = torch.randn(9, 8, dtype=torch.float64, generator=g).to(c.dev), torch.randn(21, 8, dtype=torch.float64, generator=g).to(c.dev)
-        ht, wt = torch.randn(9, 6, dtype=torch.float64, generator=g).to(c.dev), torch.randn(21, 6, dtype=torch.float64, generator=g).to(c.dev)
+        hs, ws = c.randn(g, 9, 8), c.randn(g, 21, 8)
+        ht, wt = c.randn(g, 9, 6), c.randn(g, 21, 6)
         part = c.split(21)
         what = f"linear_distill_loss {method}"
 
@@ -238,8 +244,8 @@ def check_divergence(c: Checker, group):
     for kind in ("reverse_kl", "hellinger", "bhattacharyya", "renyi", "alpha", "js"):
         # A reference that puts no mass on the first 14 of 27 tokens: whole shards hold none of it.
         g = c.generator(380)
-        p3 = torch.randn(5, 27, dtype=torch.float64, generator=g).to(c.dev)
-        q3 = torch.randn(5, 27, dtype=torch.float64, generator=g).to(c.dev)
+        p3 = c.randn(g, 5, 27)
+        q3 = c.randn(g, 5, 27)
         q3[:2, :14] = float("-inf")
         part3 = c.split(27)
         what = f"vocab_divergence {kind} masked reference"
@@ -254,7 +260,7 @@ def check_divergence(c: Checker, group):
         c.run(what, masked)
     for kind in ("kl", "js"):  # fewer columns than ranks
         g = c.generator(390)
-        p2, q2 = torch.randn(5, 2, dtype=torch.float64, generator=g).to(c.dev), torch.randn(5, 2, dtype=torch.float64, generator=g).to(c.dev)
+        p2, q2 = c.randn(g, 5, 2), c.randn(g, 5, 2)
         part2 = c.split(2)
         c.run(f"vocab_divergence V=2 {kind}", lambda: c.close(
             f"vocab_divergence V=2 {kind}", objx.vocab_divergence(p2[:, part2], q2[:, part2], kind, process_group=group),
@@ -263,8 +269,8 @@ def check_divergence(c: Checker, group):
         tol_loss, tol_grad = TOLERANCES[dtype]
         for i, kind in enumerate(kinds):
             g = c.generator(400 + i)
-            p = (torch.randn(8, 27, dtype=torch.float64, generator=g).to(c.dev) * 2).to(dtype)
-            q = (torch.randn(8, 27, dtype=torch.float64, generator=g).to(c.dev) * 2).to(dtype)
+            p = c.randn(g, 8, 27, scale=2, dtype=dtype)
+            q = c.randn(g, 8, 27, scale=2, dtype=dtype)
             mask = (torch.rand(8, generator=g) > 0.2).to(c.dev)
             part = c.split(27)
             what = f"vocab_divergence {kind} {dtype}"
@@ -307,9 +313,9 @@ def check_dtensor_heads(c: Checker, group):
 
     mesh = init_device_mesh("cpu", (c.world,))
     g = c.generator(600)
-    w = torch.randn(17, 8, dtype=torch.float64, generator=g).to(c.dev)
-    hidden = [torch.randn(5, 8, dtype=torch.float64, generator=g).to(c.dev) for _ in range(c.world)]
-    target = [torch.randint(0, 17, (5,), generator=g).to(c.dev) for _ in range(c.world)]
+    w = c.randn(g, 17, 8)
+    hidden = [c.randn(g, 5, 8) for _ in range(c.world)]
+    target = [c.randint(g, 17, (5,)) for _ in range(c.world)]
 
     def fsdp():
         wd = distribute_tensor(_leaf(w), mesh, [Shard(0)]).detach().requires_grad_(True)

@@ -62,8 +62,6 @@ def _blocks(fn, rows: int, block: int, *tensors):
             outs.append(checkpoint(fn, *part, use_reentrant=False))
         else:
             outs.append(fn(*part))
-    if not outs:
-        return fn(*[t[:0] if t is not None else None for t in tensors])
     return tuple(torch.cat(parts) for parts in zip(*outs))
 
 
@@ -151,11 +149,11 @@ def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Te
     vocab = ShardedVocabulary(process_group, s.shape[-1], s.device, fn)
     if y is not None:
         check_targets(fn, y, vocab, ignore_index)
-    dtype = compute_dtype(s, t)
     # The same decision on every rank (they must issue the same collectives): no empty shard anywhere.
     if method_kwargs["method"] in KL_DISTILL and min(vocab.sizes) > 0 and s.dtype == t.dtype:
         return _distill_out(*_kl_distill_rows(s, t, y, vocab, ignore_index=ignore_index, **method_kwargs),
                             reduction, shape, return_terms)
+    dtype = compute_dtype(s, t)
 
     def block(s_b, t_b, y_b):
         rows, counted, terms = reference.distill_rows(s_b, t_b, y_b, ignore_index=ignore_index, dtype=dtype,
@@ -198,9 +196,9 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
 def vocab_divergence(fn: str, z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, *, process_group):
     check_group(fn, process_group)
     vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
-    dtype = compute_dtype(z, r)
     if kind in KERNEL_DIVERGENCES and min(vocab.sizes) > 0 and z.dtype == r.dtype:
         return kernel_divergence(z, r, kind, div_alpha, mask, vocab)
+    dtype = compute_dtype(z, r)
 
     def block(z_b, r_b, mask_b):
         return (reference.vocab_divergence(z_b, r_b, kind, div_alpha=div_alpha, mask=mask_b, dtype=dtype,

@@ -25,6 +25,18 @@ def _all_reduce(x: torch.Tensor, op: str, group) -> torch.Tensor:
     return funcol.wait_tensor(funcol.all_reduce(x, op, group))
 
 
+def _merge_lse(local_lse: torch.Tensor, group, extra: Optional[torch.Tensor] = None):
+    """Whole-vocabulary LSEs from every rank's shard LSEs ([N, k], -inf for a shard with no mass):
+    MAX, then one SUM of the shifted exponentials that also carries `extra` [N, j] (per-row sums).
+    Returns (lse [N, k], summed extra or None)."""
+    m = _all_reduce(local_lse, "max", group)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    shifted = torch.exp(local_lse - m_safe)
+    k = local_lse.shape[1]
+    total = _all_reduce(shifted if extra is None else torch.cat([shifted, extra], 1), "sum", group)
+    return m_safe + torch.log(total[:, :k]), (None if extra is None else total[:, k:])
+
+
 class _SumOverRanks(torch.autograd.Function):
     """Forward: SUM across ranks (the result is replicated). Backward: identity, because every rank
     holds the whole gradient of a replicated output."""
@@ -58,11 +70,7 @@ class _ShardedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, group):
-        local_max = z.amax(-1) if z.shape[-1] else z.new_full(z.shape[:-1], float("-inf"))
-        m = _all_reduce(local_max, "max", group)
-        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        s = _all_reduce(torch.exp(z - m_safe[:, None]).sum(-1), "sum", group)
-        lse = m_safe + torch.log(s)
+        lse = _merge_lse(torch.logsumexp(z, -1)[:, None], group)[0][:, 0]  # an empty shard's LSE is -inf
         ctx.save_for_backward(z, lse)
         return lse
 
@@ -182,16 +190,13 @@ class _TargetRowStats(torch.autograd.Function):
         # The shard's others-LSE: lse_local + log(1 - p_local), exact near p_local = 1 (the kernel's log p is).
         owned_others = lse_local + torch.log(-torch.expm1(logp_local))
         others_local = torch.where(owned, owned_others, lse_local)
-        m = _all_reduce(others_local, "max", group)
-        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        sums = [torch.exp(others_local - m_safe), torch.where(owned, picked, torch.zeros_like(picked))]
+        sums = [torch.where(owned, picked, torch.zeros_like(picked))]
         if want_sum:
             capped = z.to(dtype) if softcap is None else softcap * torch.tanh(z.to(dtype) / softcap)
             sums.append(capped.sum(1))
-        total = _all_reduce(torch.stack(sums, 1), "sum", group)
-        others = m_safe + torch.log(total[:, 0])
-        z_y = total[:, 1]
-        row_sum = total[:, 2] if want_sum else torch.zeros_like(z_y)
+        others, total = _merge_lse(others_local[:, None], group, torch.stack(sums, 1))
+        others, z_y = others[:, 0], total[:, 0]
+        row_sum = total[:, 1] if want_sum else torch.zeros_like(z_y)
         ctx.save_for_backward(z, local_target, owned, others)
         ctx.softcap, ctx.want_sum = softcap, want_sum
         return others, z_y, row_sum
@@ -241,6 +246,13 @@ def _log_share(local_lse: torch.Tensor, global_lse: torch.Tensor) -> torch.Tenso
     return torch.where(torch.isfinite(local_lse), local_lse - global_lse, torch.full_like(local_lse, float("-inf")))
 
 
+def _whole_kl_term(local_kl: torch.Tensor, log_w: torch.Tensor, log_v: torch.Tensor) -> torch.Tensor:
+    """This shard's part of the whole-vocabulary KL(p || q), from its KL under its own normalisation
+    and its shares w, v of p's and q's mass: w (D_r + log w - log v); 0 for a shard without p's mass."""
+    term = torch.exp(log_w) * (local_kl + log_w - log_v)
+    return torch.where(torch.isfinite(log_w), term, torch.zeros_like(term))
+
+
 class _ShardedKlDistillSoft(torch.autograd.Function):
     """The soft term of a KL-family distillation method per row, from objx's distill kernel on the
     shard. The kernel's local row statistics (four LSEs over the shard, the divergence sum under the
@@ -253,18 +265,13 @@ class _ShardedKlDistillSoft(torch.autograd.Function):
     def forward(ctx, s, t, method, temperature, group):
         _loss, _soft, _hard, local, counted = torch.ops.objx.distill_forward(
             s, t, None, method, temperature, 0.5, 0.0, 1.0, -100)
-        lses = local[:, :4]  # lse(s), lse(s/T), lse(t/T), lse(t)
-        m = _all_reduce(lses, "max", group)
-        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        whole = m_safe + torch.log(_all_reduce(torch.exp(lses - m_safe), "sum", group))
+        whole, _ = _merge_lse(local[:, :4], group)  # lse(s), lse(s/T), lse(t/T), lse(t)
         q_col = 0 if method in ("ttm", "wttm") else 1  # the student compared: at T = 1 or at T
         log_w = _log_share(local[:, 2], whole[:, 2])
         log_v = _log_share(local[:, q_col], whole[:, q_col])
         if method == "reverse_kl":
             log_w, log_v = log_v, log_w
-        term = torch.exp(log_w) * (local[:, 4] + log_w - log_v)
-        term = torch.where(torch.isfinite(log_w), term, torch.zeros_like(term))  # a shard without p's mass
-        div = _all_reduce(term, "sum", group)
+        div = _all_reduce(_whole_kl_term(local[:, 4], log_w, log_v), "sum", group)
         stats = torch.cat([whole, div[:, None], torch.zeros_like(div)[:, None]], 1)
         ctx.save_for_backward(s, t, stats, counted)
         ctx.method, ctx.temperature = method, temperature
@@ -309,17 +316,13 @@ class _ShardedVocabDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, r, kind, div_alpha, mask, group):
         _div, local = torch.ops.objx.vocab_divergence_forward(z, r, kind, div_alpha, mask)
-        lses = local[:, :2]
-        m = _all_reduce(lses, "max", group)
-        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        whole = m_safe + torch.log(_all_reduce(torch.exp(lses - m_safe), "sum", group))
+        whole, _ = _merge_lse(local[:, :2], group)
         log_w, log_v = _log_share(local[:, 0], whole[:, 0]), _log_share(local[:, 1], whole[:, 1])
         part = local[:, 2]
         if kind in ("kl", "reverse_kl"):
             if kind == "reverse_kl":
                 log_w, log_v = log_v, log_w
-            term = torch.exp(log_w) * (part + log_w - log_v)
-            term = torch.where(torch.isfinite(log_w), term, torch.zeros_like(term))
+            term = _whole_kl_term(part, log_w, log_v)
         else:
             a = 0.5 if kind in ("hellinger", "bhattacharyya") else div_alpha
             coef = _power_share(a, log_w, log_v)

@@ -11,6 +11,11 @@ def _recommended(result: CaseResult) -> str:
     return Counter(o.name for o in result.recommended).most_common(1)[0][0]
 
 
+def _regimes(result: CaseResult) -> str:
+    """How many seeds landed in each regime, e.g. "2 strong, 1 intermediate"."""
+    return ", ".join(f"{n} {r}" for r, n in Counter(r.regime for r in result.reports).most_common())
+
+
 def _span(values) -> str:
     mean = sum(values) / len(values)
     return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}–{max(values):.3f})"
@@ -50,7 +55,7 @@ def table(demo: DemoResult) -> str:
         case, v = result.case, verdict(result)
         noise = f", {case.label_noise:.0%} of the training answer tokens replaced at random" if case.label_noise else ""
         means = [r.mean_p for r in result.reports]
-        regimes = ", ".join(f"{n} {r}" for r, n in Counter(r.regime for r in result.reports).most_common())
+        regimes = _regimes(result)
         lines += [f"{case.name}: task '{case.task}'{noise}",
                   f"  before fine-tuning: mean gold-token p on the training set {_span(means)}; seeds: {regimes} "
                   f"-> recommend_objective: {v['recommended']}",
@@ -98,7 +103,7 @@ def plot(demo: DemoResult, path: str) -> None:
             if len(runs) > 1:  # each seed, faint: the seeds can start far apart
                 for run in runs:
                     ax.plot(result.steps, run, color=line.get_color(), linewidth=0.8, alpha=0.35)
-        regimes = ", ".join(f"{n} {r}" for r, n in Counter(r.regime for r in result.reports).most_common())
+        regimes = _regimes(result)
         mean_p = sum(r.mean_p for r in result.reports) / len(result.reports)
         ax.set_title(f"{result.case.name}\nmean p before = {mean_p:.3f} (seeds: {regimes})")
         ax.set_xlabel("fine-tuning step" + ("  (thick: mean over seeds; thin: each seed)" if len(result.reports) > 1

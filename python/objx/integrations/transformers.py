@@ -43,7 +43,7 @@ def compute_loss_func(objective: Union[str, Objective] = "nll", *, ignore_index:
         total = prob_loss(shift_logits, shift_labels, objective, ignore_index=ignore_index, reduction="sum",
                           **loss_kwargs)
         counted = (shift_labels != ignore_index).sum()
-        return _reduce(total, counted, num_items_in_batch).to(logits.dtype if logits.is_floating_point() else None)
+        return _reduce(total, counted, num_items_in_batch)
 
     return loss_func
 
