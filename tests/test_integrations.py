@@ -217,11 +217,8 @@ def test_fsdp2_sharded_model_through_the_fused_forward(tmp_path):
     import random
     import socket
 
-    import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("needs torch.distributed with gloo")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

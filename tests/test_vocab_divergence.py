@@ -18,6 +18,22 @@ def make_pair(rows, vocab, *, dtype=torch.float32, device="cpu"):
     return policy.to(dtype).to(device), ref.to(dtype).to(device)
 
 
+def separate_ties(policy, ref, margin=1e-3):
+    """TV's gradient p_j (a_j - Σ_k p_k a_k), a_j = sign(p_j - q_j) / 2, moves on every entry when one
+    entry within rounding of p_k = q_k takes the other side, so the low-precision comparison needs
+    inputs without such entries: nudge the policy's logit wherever p and q are within `margin`
+    (relative) until none is."""
+    policy = policy.clone()
+    for _ in range(20):
+        p = torch.softmax(policy.double(), -1)
+        q = torch.softmax(ref.double(), -1)
+        near = (p - q).abs() <= margin * torch.maximum(p, q)
+        if not near.any():
+            return policy
+        policy = torch.where(near, policy + 0.05 + 0.02 * policy.abs(), policy)  # a step bf16 can represent
+    raise AssertionError("could not separate p from q")
+
+
 def check(policy, ref, kind, div_alpha, mask=None):
     loss_tol, grad_tol = TOLERANCES[policy.dtype]
     a = policy.detach().clone().requires_grad_()
@@ -46,6 +62,8 @@ def check(policy, ref, kind, div_alpha, mask=None):
 @pytest.mark.parametrize("kind, div_alpha", KINDS)
 def test_matches_reference(device, kind, div_alpha, dtype):
     policy, ref = make_pair(16, 2500, dtype=dtype, device=device)
+    if kind == "tv" and dtype != torch.float64:
+        policy = separate_ties(policy, ref)
     mask = torch.ones(16, dtype=torch.bool, device=device)
     mask[[2, 9]] = False
     check(policy, ref, kind, div_alpha, mask)

@@ -12,9 +12,6 @@ import torch.multiprocessing as mp
 
 import objx
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="needs torch.distributed with gloo")
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -46,8 +43,7 @@ def test_sharded_losses_equal_unsharded(world, device, tmp_path):
 
 @pytest.mark.cpu_only
 def test_process_group_without_distributed_is_a_clear_error():
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised in this process")
+    assert not dist.is_initialized()  # the ranks live in spawned processes; this one never joins a group
     z = torch.randn(3, 5)
     with pytest.raises(RuntimeError, match="objx.prob_loss: process_group was given but torch.distributed"):
         objx.prob_loss(z, torch.tensor([0, 1, 2]), process_group=object())
