@@ -112,6 +112,34 @@ def test_equal_distributions_give_zero(device):
         assert abs(loss.item()) < 1e-12, method
 
 
+def sharp_pair(rows, vocab, depth, *, top=30):
+    """Teacher and student logits with `top` competitive entries per row (the student's near the
+    teacher's) and every other entry `depth` to 1.6 `depth` nats below them: with depth near the
+    exponent range, most probabilities are subnormal or exactly 0."""
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    def logits():
+        return -depth * (1 + 0.6 * torch.rand(rows, vocab, dtype=torch.float64, generator=g))
+    teacher, student = logits(), logits()
+    cols = torch.stack([torch.randperm(vocab, generator=g)[:top] for _ in range(rows)])
+    head = torch.randn(rows, top, dtype=torch.float64, generator=g) * 2
+    teacher.scatter_(1, cols, head)
+    student.scatter_(1, cols, head + torch.randn(rows, top, dtype=torch.float64, generator=g))
+    return student, teacher
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_jsd_where_both_probabilities_underflow(device, dtype, beta):
+    """Most entries' p and q below the smallest normal number or exactly 0, where the kernels take
+    the mixture m = beta p + (1 - beta) q in log space: loss and gradients still match the float64
+    reference."""
+    student, teacher = sharp_pair(8, 600, 170.0 if dtype == torch.float32 else 1400.0)
+    for x in (teacher, student):
+        assert (torch.softmax(x / 2.0, -1) < torch.finfo(dtype).tiny).float().mean() > 0.9  # the regime tested
+    check(student.to(dtype).to(device), teacher.to(dtype).to(device), None, method="jsd", beta=beta,
+          temperature=2.0, hard_weight=0.0)
+
+
 def test_teacher_gets_no_gradient(device):
     student, teacher, target = make_pair(4, 50, device=device)
     s = student.clone().requires_grad_()

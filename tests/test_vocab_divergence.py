@@ -69,6 +69,18 @@ def test_matches_reference(device, kind, div_alpha, dtype):
     check(policy, ref, kind, div_alpha, mask)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_js_where_both_probabilities_underflow(device, dtype):
+    """Most entries' p and q below the smallest normal number or exactly 0 (the mixture is then
+    taken in log space): still the float64 reference."""
+    from test_distill import sharp_pair
+
+    policy, ref = sharp_pair(8, 600, 85.0 if dtype == torch.float32 else 700.0)
+    for x in (policy, ref):
+        assert (torch.softmax(x, -1) < torch.finfo(dtype).tiny).float().mean() > 0.9  # the regime tested
+    check(policy.to(dtype).to(device), ref.to(dtype).to(device), "js", 0.5)
+
+
 @pytest.mark.parametrize("kind, div_alpha", KINDS)
 def test_equal_distributions_give_zero(device, kind, div_alpha):
     _, ref = make_pair(4, 300, dtype=torch.float64, device=device)

@@ -52,12 +52,13 @@ template <typename scalar_t, typename acc_t>
 void reduce_divergence(const scalar_t* s, const scalar_t* t, int64_t vocab, const DistillParams<acc_t>& prm,
                        DistillRow<acc_t>& row) {
   double div = 0.0, qa = 0.0;
-  const bool needs_qa = math::distill_needs_qa(prm.method);
   for (int64_t j = 0; j < vocab; ++j) {
     acc_t log_p, log_q;
     math::distill_logs(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), log_p, log_q);
-    div += math::distill_term(prm, log_p, log_q);
-    if (needs_qa) qa += std::exp(log_q) * math::distill_a(prm, log_p, log_q);
+    acc_t term, qa_j;
+    math::distill_terms(prm, log_p, log_q, term, qa_j);
+    div += term;
+    qa += qa_j;
   }
   row.div = static_cast<acc_t>(div);
   row.qa = static_cast<acc_t>(qa);

@@ -77,12 +77,13 @@ __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
   row.div = row.qa = acc_t(0);
 
   acc_t div = 0, qa = 0;
-  const bool needs_qa = math::distill_needs_qa(prm.method);
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
     acc_t log_p, log_q;
     math::distill_logs(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), log_p, log_q);
-    div += math::distill_term(prm, log_p, log_q);
-    if (needs_qa) qa += exp(log_q) * math::distill_a(prm, log_p, log_q);
+    acc_t term, qa_j;
+    math::distill_terms(prm, log_p, log_q, term, qa_j);
+    div += term;
+    qa += qa_j;
   }
   row.div = block_sum(div);
   row.qa = block_sum(qa);

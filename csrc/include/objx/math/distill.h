@@ -51,7 +51,7 @@ OBJX_HD acc_t xlogratio(acc_t log_x, acc_t log_y) {
   return log_x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : exp(log_x) * (log_x - log_y);
 }
 
-// log(beta e^{log_p} + (1 - beta) e^{log_q}), the JSD mixture.
+// log(beta e^{log_p} + (1 - beta) e^{log_q}), the JSD mixture, in log space throughout.
 template <typename acc_t>
 OBJX_HD acc_t log_mixture(acc_t beta, acc_t log_p, acc_t log_q) {
   using std::exp;
@@ -63,38 +63,78 @@ OBJX_HD acc_t log_mixture(acc_t beta, acc_t log_p, acc_t log_q) {
   return hi + log1p(exp(lo - hi));
 }
 
-// One entry's contribution to the raw divergence sum D.
+// sign(x - y) / 2, TVD's subgradient, 0 at a tie, written to compile branch-free,
+// since p > q is a coin flip per entry and a mispredicted branch cost more than the exps (CPU).
 template <typename acc_t>
-OBJX_HD acc_t distill_term(const DistillParams<acc_t>& prm, acc_t log_p, acc_t log_q) {
+OBJX_HD acc_t half_sign_diff(acc_t x, acc_t y) {
+  using std::copysign;
+  const acc_t d = x - y, h = copysign(acc_t(0.5), d);  // a sign-bit copy; one select for the tie
+  return d == acc_t(0) ? acc_t(0) : h;
+}
+
+// One entry's p, q and log m, m = beta p + (1 - beta) q. The log of the linear sum while it is a
+// normal number: one log on top of the two exps every caller needs anyway, against log_mixture's
+// exp, log1p and two logs, and no less accurate (the sum of two positives loses nothing). When
+// both probabilities underflow, the log-space form keeps log m finite.
+template <typename acc_t>
+struct MixtureEntry {
+  acc_t p, q, log_m;
+};
+
+template <typename acc_t>
+OBJX_HD MixtureEntry<acc_t> mixture_entry(acc_t beta, acc_t log_p, acc_t log_q) {
+  using std::exp;
+  using std::log;
+  const acc_t p = exp(log_p), q = exp(log_q);
+  const acc_t m = beta * p + (acc_t(1) - beta) * q;
+  return {p, q, m >= std::numeric_limits<acc_t>::min() ? log(m) : log_mixture(beta, log_p, log_q)};
+}
+
+// x (log_x - log_m) from x = e^{log_x}, 0 where x is exactly 0 (log_x = -inf).
+template <typename acc_t>
+OBJX_HD acc_t xlogratio_from(acc_t x, acc_t log_x, acc_t log_m) {
+  return log_x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : x * (log_x - log_m);
+}
+
+// The JSD entry: its divergence term beta p log(p/m) + (1 - beta) q log(q/m) and
+// a = dD/dq = (1 - beta) log(q/m) (0 where q = 0).
+template <typename acc_t>
+struct JsdEntry {
+  acc_t term, a, q;
+};
+
+template <typename acc_t>
+OBJX_HD JsdEntry<acc_t> jsd_entry(acc_t beta, acc_t log_p, acc_t log_q) {
+  const MixtureEntry<acc_t> e = mixture_entry(beta, log_p, log_q);
+  const acc_t term = beta * xlogratio_from(e.p, log_p, e.log_m) + (acc_t(1) - beta) * xlogratio_from(e.q, log_q, e.log_m);
+  const acc_t a = log_q == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : (acc_t(1) - beta) * (log_q - e.log_m);
+  return {term, a, e.q};
+}
+
+// One entry's contributions to the raw divergence sum D and to sum_k q_k a_k, a_k = dD/dq_k for
+// the methods differentiated by chaining through the softmax (jsd, tvd; 0 for the others).
+template <typename acc_t>
+OBJX_HD void distill_terms(const DistillParams<acc_t>& prm, acc_t log_p, acc_t log_q, acc_t& term, acc_t& qa) {
   using std::exp;
   using std::fabs;
+  qa = acc_t(0);
   switch (prm.method) {
-    case DistillMethod::kReverseKl: return xlogratio(log_q, log_p);
+    case DistillMethod::kReverseKl: term = xlogratio(log_q, log_p); break;
     case DistillMethod::kJsd: {
-      const acc_t log_m = log_mixture(prm.beta, log_p, log_q);
-      return prm.beta * xlogratio(log_p, log_m) + (acc_t(1) - prm.beta) * xlogratio(log_q, log_m);
+      const JsdEntry<acc_t> e = jsd_entry(prm.beta, log_p, log_q);
+      term = e.term;
+      qa = e.q * e.a;
+      break;
     }
-    case DistillMethod::kTvd: return acc_t(0.5) * fabs(exp(log_p) - exp(log_q));
-    default: return xlogratio(log_p, log_q);  // KL(p || q): ttm, wttm, kd, forward_kl
+    case DistillMethod::kTvd: {
+      const acc_t p = exp(log_p), q = exp(log_q);
+      term = acc_t(0.5) * fabs(p - q);
+      qa = q * half_sign_diff(q, p);
+      break;
+    }
+    default: term = xlogratio(log_p, log_q);  // KL(p || q): ttm, wttm, kd, forward_kl
   }
 }
-
-// a_j = dD/dq_j of the methods differentiated by chaining through the softmax (jsd, tvd).
-template <typename acc_t>
-OBJX_HD acc_t distill_a(const DistillParams<acc_t>& prm, acc_t log_p, acc_t log_q) {
-  using std::exp;
-  if (prm.method == DistillMethod::kJsd) {
-    const acc_t log_m = log_mixture(prm.beta, log_p, log_q);
-    return log_q == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : (acc_t(1) - prm.beta) * (log_q - log_m);
-  }
-  if (prm.method == DistillMethod::kTvd) {
-    const acc_t d = exp(log_q) - exp(log_p);
-    return d > acc_t(0) ? acc_t(0.5) : (d < acc_t(0) ? acc_t(-0.5) : acc_t(0));
-  }
-  return acc_t(0);
-}
-
-OBJX_HD bool distill_needs_qa(DistillMethod m) { return m == DistillMethod::kJsd || m == DistillMethod::kTvd; }
 
 // WTTM's sample weight U = sum_j softmax(t)_j^(1/T) = exp(lse(t/T) - lse(t)/T).
 template <typename acc_t>
@@ -118,7 +158,12 @@ template <typename acc_t>
 OBJX_HD acc_t distill_soft_grad(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, acc_t log_p,
                                 acc_t log_q) {
   using std::exp;
-  const acc_t p = exp(log_p), q = exp(log_q), T = prm.temperature;
+  const acc_t T = prm.temperature;
+  if (prm.method == DistillMethod::kJsd) {  // jsd_entry takes the exponentials itself
+    const JsdEntry<acc_t> e = jsd_entry(prm.beta, log_p, log_q);
+    return e.q * (e.a - row.qa) / T;
+  }
+  const acc_t p = exp(log_p), q = exp(log_q);
   switch (prm.method) {
     case DistillMethod::kTtm: return q - p;
     case DistillMethod::kWttm: return distill_wttm_weight(prm, row) * (q - p);
@@ -126,7 +171,7 @@ OBJX_HD acc_t distill_soft_grad(const DistillParams<acc_t>& prm, const DistillRo
     case DistillMethod::kForwardKl: return (q - p) / T;
     case DistillMethod::kReverseKl:
       return q == acc_t(0) ? acc_t(0) : q * (log_q - log_p - row.div) / T;
-    default: return q * (distill_a(prm, log_p, log_q) - row.qa) / T;  // jsd, tvd
+    default: return q * (half_sign_diff(q, p) - row.qa) / T;  // tvd
   }
 }
 

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <limits>
 
-#include "objx/math/distill.h"  // xlogratio, log_mixture
+#include "objx/math/distill.h"  // xlogratio, mixture_entry, half_sign_diff
 #include "objx/math/hd.h"
 
 namespace objx::math {
@@ -49,9 +49,10 @@ OBJX_HD void div_terms(const DivParams<acc_t>& prm, acc_t log_p, acc_t log_q, ac
     case DivKind::kKl: agg = xlogratio(log_p, log_q); break;
     case DivKind::kReverseKl: agg = xlogratio(log_q, log_p); break;
     case DivKind::kJs: {
-      const acc_t log_m = log_mixture(acc_t(0.5), log_p, log_q);
-      agg = acc_t(0.5) * (xlogratio(log_p, log_m) + xlogratio(log_q, log_m));
-      pa = log_p == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : exp(log_p) * acc_t(0.5) * (log_p - log_m);
+      const MixtureEntry<acc_t> e = mixture_entry(acc_t(0.5), log_p, log_q);
+      const acc_t p_term = xlogratio_from(e.p, log_p, e.log_m);
+      agg = acc_t(0.5) * (p_term + xlogratio_from(e.q, log_q, e.log_m));
+      pa = acc_t(0.5) * p_term;
       break;
     }
     case DivKind::kHellinger:
@@ -61,7 +62,7 @@ OBJX_HD void div_terms(const DivParams<acc_t>& prm, acc_t log_p, acc_t log_q, ac
     case DivKind::kTv: {
       const acc_t p = exp(log_p), q = exp(log_q);
       agg = acc_t(0.5) * fabs(p - q);
-      pa = p * (p > q ? acc_t(0.5) : (p < q ? acc_t(-0.5) : acc_t(0)));
+      pa = p * half_sign_diff(p, q);
       break;
     }
   }
@@ -84,15 +85,15 @@ OBJX_HD acc_t div_value(const DivParams<acc_t>& prm, const DivRow<acc_t>& row) {
 template <typename acc_t>
 OBJX_HD acc_t div_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, acc_t log_p, acc_t log_q) {
   using std::exp;
+  if (prm.kind == DivKind::kJs) {  // mixture_entry takes the exponentials itself
+    const MixtureEntry<acc_t> e = mixture_entry(acc_t(0.5), log_p, log_q);
+    return e.p == acc_t(0) ? acc_t(0) : e.p * (acc_t(0.5) * (log_p - e.log_m) - row.pa);
+  }
   const acc_t p = exp(log_p), q = exp(log_q);
   switch (prm.kind) {
     case DivKind::kKl: return p == acc_t(0) ? acc_t(0) : p * (log_p - log_q - row.agg);
     case DivKind::kReverseKl: return p - q;
-    case DivKind::kJs: {
-      if (p == acc_t(0)) return acc_t(0);
-      const acc_t a = acc_t(0.5) * (log_p - log_mixture(acc_t(0.5), log_p, log_q));
-      return p * (a - row.pa);
-    }
+    case DivKind::kJs: break;  // above
     case DivKind::kHellinger: return acc_t(0.5) * p * row.agg - acc_t(0.5) * exp(acc_t(0.5) * (log_p + log_q));
     case DivKind::kBhattacharyya: return acc_t(0.5) * p - acc_t(0.5) * exp(acc_t(0.5) * (log_p + log_q)) / row.agg;
     case DivKind::kRenyi: {
@@ -104,8 +105,7 @@ OBJX_HD acc_t div_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, ac
       return (p * row.agg - w) / (acc_t(1) - prm.alpha);
     }
     case DivKind::kTv: {
-      const acc_t a = p > q ? acc_t(0.5) : (p < q ? acc_t(-0.5) : acc_t(0));
-      return p * (a - row.pa);
+      return p * (half_sign_diff(p, q) - row.pa);
     }
   }
   return acc_t(0);
