@@ -7,6 +7,7 @@
 
 #include "objx/distill.h"
 #include "objx/prob_loss_chunks.h"
+#include "objx/row_lse.h"
 #include "objx/vocab_divergence.h"
 
 namespace objx {
@@ -84,6 +85,33 @@ at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor&
   if (!in.policy.is_cuda()) return cpu::vocab_divergence_rows_backward(in, grad_div, stats);
 #ifdef OBJX_WITH_CUDA
   return cuda::vocab_divergence_rows_backward(in, grad_div, stats);
+#else
+  no_cuda();
+#endif
+}
+
+at::Tensor distill_rows_shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
+  if (!in.student.is_cuda()) return cpu::distill_rows_shard_sums(in, row_lse);
+#ifdef OBJX_WITH_CUDA
+  return cuda::distill_rows_shard_sums(in, row_lse);
+#else
+  no_cuda();
+#endif
+}
+
+at::Tensor vocab_divergence_rows_shard_sums(const DivInputs& in, const at::Tensor& row_lse) {
+  if (!in.policy.is_cuda()) return cpu::vocab_divergence_rows_shard_sums(in, row_lse);
+#ifdef OBJX_WITH_CUDA
+  return cuda::vocab_divergence_rows_shard_sums(in, row_lse);
+#else
+  no_cuda();
+#endif
+}
+
+at::Tensor row_logsumexp_rows(const at::Tensor& x, double temperature) {
+  if (!x.is_cuda()) return cpu::row_logsumexp_rows(x, temperature);
+#ifdef OBJX_WITH_CUDA
+  return cuda::row_logsumexp_rows(x, temperature);
 #else
   no_cuda();
 #endif

@@ -4,6 +4,7 @@
 
 #include "objx/distill.h"
 #include "objx/nvtx.h"
+#include "objx/row_lse.h"
 
 namespace objx {
 namespace {
@@ -26,16 +27,27 @@ at::Tensor distill_backward(const at::Tensor& grad_loss, const at::Tensor& stude
   return distill_rows_backward(in, prepare_distill_saved(in.student, grad_loss, stats, counted));
 }
 
+at::Tensor distill_shard_sums(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& row_lse,
+                              std::string method, double temperature, double beta) {
+  NvtxRange range("objx::distill_shard_sums");
+  const auto in = prepare_distill_inputs(student, teacher, std::nullopt,
+                                         {std::move(method), temperature, beta, 0.0, 1.0, -100});
+  check_shard_row_lse("objx.distill_shard_sums", in.student, row_lse);
+  return distill_rows_shard_sums(in, row_lse.contiguous());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(objx, CPU, m) {
   m.impl("distill_forward", &distill_forward);
   m.impl("distill_backward", &distill_backward);
+  m.impl("distill_shard_sums", &distill_shard_sums);
 }
 
 TORCH_LIBRARY_IMPL(objx, CUDA, m) {
   m.impl("distill_forward", &distill_forward);
   m.impl("distill_backward", &distill_backward);
+  m.impl("distill_shard_sums", &distill_shard_sums);
 }
 
 }  // namespace objx

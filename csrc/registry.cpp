@@ -59,4 +59,16 @@ TORCH_LIBRARY(objx, m) {
   m.def(
       "vocab_divergence_backward(Tensor grad_div, Tensor policy_logits, Tensor ref_logits, Tensor stats, "
       "str kind, float div_alpha, Tensor? mask) -> Tensor");
+  // SPEC §4, vocabulary parallelism. Per-row log-sum-exp of logits / temperature (accumulation dtype).
+  m.def("row_logsumexp(Tensor x, float temperature) -> Tensor");
+  // A vocabulary shard's part of the row sums of distill_forward's stats[:, 4:6] (D, Σ q a) and of
+  // vocab_divergence_forward's stats[:, 2:4], with the logs normalised by the whole vocabulary's
+  // log-sum-exps row_lse [N, 2] (distill: the compared student's, the teacher's at T; divergence:
+  // the policy's, the reference's). Summed over the shards they are the unsharded row statistics.
+  m.def(
+      "distill_shard_sums(Tensor student_logits, Tensor teacher_logits, Tensor row_lse, str method, "
+      "float temperature, float beta) -> Tensor");
+  m.def(
+      "vocab_divergence_shard_sums(Tensor policy_logits, Tensor ref_logits, Tensor row_lse, str kind, "
+      "float div_alpha, Tensor? mask) -> Tensor");
 }

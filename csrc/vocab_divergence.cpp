@@ -10,6 +10,7 @@
 
 #include "objx/nvtx.h"
 #include "objx/prob_loss.h"
+#include "objx/row_lse.h"
 
 namespace objx {
 namespace {
@@ -82,6 +83,14 @@ at::Tensor vocab_divergence_backward(const at::Tensor& grad_div, const at::Tenso
   return vocab_divergence_rows_backward(in, g, stats.contiguous());
 }
 
+at::Tensor vocab_divergence_shard_sums(const at::Tensor& policy, const at::Tensor& ref, const at::Tensor& row_lse,
+                                       std::string kind, double div_alpha, const std::optional<at::Tensor>& mask) {
+  NvtxRange range("objx::vocab_divergence_shard_sums");
+  const auto in = prepare(policy, ref, std::move(kind), div_alpha, mask);
+  check_shard_row_lse("objx.vocab_divergence_shard_sums", in.policy, row_lse);
+  return vocab_divergence_rows_shard_sums(in, row_lse.contiguous());
+}
+
 }  // namespace
 
 template <typename acc_t>
@@ -94,11 +103,13 @@ template math::DivParams<double> make_div_params<double>(const DivInputs&);
 TORCH_LIBRARY_IMPL(objx, CPU, m) {
   m.impl("vocab_divergence_forward", &vocab_divergence_forward);
   m.impl("vocab_divergence_backward", &vocab_divergence_backward);
+  m.impl("vocab_divergence_shard_sums", &vocab_divergence_shard_sums);
 }
 
 TORCH_LIBRARY_IMPL(objx, CUDA, m) {
   m.impl("vocab_divergence_forward", &vocab_divergence_forward);
   m.impl("vocab_divergence_backward", &vocab_divergence_backward);
+  m.impl("vocab_divergence_shard_sums", &vocab_divergence_shard_sums);
 }
 
 }  // namespace objx

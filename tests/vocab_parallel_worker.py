@@ -65,6 +65,26 @@ def _grad_of(out, inputs):
     return torch.autograd.grad(out, inputs, allow_unused=True)
 
 
+def _grad_local(c: Checker, what, out, inputs):
+    """_grad_of, checking SPEC §4's "the backward of a logits-input loss has no collective": no
+    all-reduce while autograd runs the sharded loss's backward."""
+    real, calls = objx.vocab_parallel._all_reduce, []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    objx.vocab_parallel._all_reduce = counting
+    try:
+        grads = _grad_of(out, inputs)
+    finally:
+        objx.vocab_parallel._all_reduce = real
+    c.count += 1
+    if calls:
+        c.failures.append(f"{what}: the backward issued all-reduces {calls}")
+    return grads
+
+
 def check_prob_loss(c: Checker, group):
     cases = [("nll", {}), ("-p", {}), ("-p^10", {}), ("log1m", {}), ("nll", {"min_prob": 0.2}),
              ("-p", {"max_prob": 0.9}), ("nll", {"label_smoothing": 0.1}), ("nll", {"z_loss": 1e-3}),
@@ -85,7 +105,7 @@ def check_prob_loss(c: Checker, group):
                     shard = _leaf(z[:, part])
                     out, p = objx.prob_loss(shard, y, objective, reduction=reduction, return_token_prob=True,
                                             process_group=group, **kw)
-                    (g,) = _grad_of(out, [shard])
+                    (g,) = _grad_local(c, what, out, [shard])
                     c.close(what + " loss", out, ref, tol_loss)
                     c.close(what + " token_prob", p, ref_p, tol_loss)
                     c.close(what + " grad", g, g_ref[:, part], tol_grad)
@@ -192,7 +212,7 @@ def check_distill(c: Checker, group):
                 ss = _leaf(s[:, part])
                 out, terms = objx.distill_loss(ss, t[:, part], y, method=method, temperature=2.0, hard_weight=0.5,
                                                return_terms=True, process_group=group)
-                (gs,) = _grad_of(out, [ss])
+                (gs,) = _grad_local(c, what, out, [ss])
                 c.close(what + " loss", out, ref, tol_loss)
                 c.close(what + " grad", gs, g_ref[:, part], tol_grad)
                 for name in ("soft", "hard", "U"):
@@ -214,7 +234,7 @@ def check_distill(c: Checker, group):
             out = objx.distill_loss(ss, t[:, part], method=method, temperature=2.0, hard_weight=0.0,
                                     process_group=group)
             c.close(what, out, ref, 1e-10)
-            c.close(what + " grad", _grad_of(out, [ss])[0], _grad_of(ref, [sf])[0][:, part], 1e-10)
+            c.close(what + " grad", _grad_local(c, what, out, [ss])[0], _grad_of(ref, [sf])[0][:, part], 1e-10)
 
         c.run(what, masked)
     for i, method in enumerate(("ttm", "jsd")):
@@ -255,7 +275,7 @@ def check_divergence(c: Checker, group):
             ref = objx.vocab_divergence(pf, q3, kind, div_alpha=0.7)
             out = objx.vocab_divergence(ps, q3[:, part3], kind, div_alpha=0.7, process_group=group)
             c.close(what, out, ref, 1e-10)
-            c.close(what + " grad", _grad_of(out, [ps])[0], _grad_of(ref, [pf])[0][:, part3], 1e-10)
+            c.close(what + " grad", _grad_local(c, what, out, [ps])[0], _grad_of(ref, [pf])[0][:, part3], 1e-10)
 
         c.run(what, masked)
     for kind in ("kl", "js"):  # fewer columns than ranks
@@ -281,7 +301,7 @@ def check_divergence(c: Checker, group):
                 (g_ref,) = _grad_of(ref, [pf])
                 ps = _leaf(p[:, part])
                 out = objx.vocab_divergence(ps, q[:, part], kind, div_alpha=0.7, mask=mask, process_group=group)
-                (gs,) = _grad_of(out, [ps])
+                (gs,) = _grad_local(c, what, out, [ps])
                 c.close(what + " value", out, ref, tol_loss)
                 c.close(what + " grad", gs, g_ref[:, part], tol_grad)
 

@@ -174,4 +174,30 @@ at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& sa
   return grad;
 }
 
+at::Tensor distill_rows_shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
+  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  auto sums = at::empty({rows, 2}, row_lse.options());
+  if (rows == 0) return sums;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_shard_sums", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const auto prm = make_distill_params<acc_t>(in.opt, vocab, false);
+    const scalar_t* s_base = in.student.const_data_ptr<scalar_t>();
+    const scalar_t* t_base = in.teacher.const_data_ptr<scalar_t>();
+    const int64_t s_stride = in.student.stride(0), t_stride = in.teacher.stride(0);
+    const acc_t* lse = row_lse.const_data_ptr<acc_t>();
+    acc_t* out = sums.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        // The compared student's normaliser serves as lse(s) and lse(s/T): distill_logs reads the one
+        // the method compares. lse(t) (WTTM's weight) is not needed for the sums.
+        DistillRow<acc_t> row{lse[2 * r], lse[2 * r], lse[2 * r + 1], acc_t(0), acc_t(0), acc_t(0)};
+        reduce_divergence(s_base + r * s_stride, t_base + r * t_stride, vocab, prm, row);
+        out[2 * r] = row.div;
+        out[2 * r + 1] = row.qa;
+      }
+    });
+  });
+  return sums;
+}
+
 }  // namespace objx::cpu

@@ -24,6 +24,20 @@ constexpr int64_t kPiece = 1024;
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 
+// The pass-2 sums (agg, pa) of a row under row.lse_p, row.lse_q.
+template <typename scalar_t, typename acc_t>
+void reduce_sums(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm, DivRow<acc_t>& row) {
+  double agg = 0.0, pa = 0.0;
+  for (int64_t j = 0; j < vocab; ++j) {
+    acc_t a, b;
+    math::div_terms(prm, static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q, a, b);
+    agg += a;
+    pa += b;
+  }
+  row.agg = static_cast<acc_t>(agg);
+  row.pa = static_cast<acc_t>(pa);
+}
+
 template <typename scalar_t, typename acc_t>
 DivRow<acc_t> reduce_row(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm) {
   acc_t buf[2][kPiece];
@@ -37,15 +51,7 @@ DivRow<acc_t> reduce_row(const scalar_t* z, const scalar_t* r, int64_t vocab, co
     for (int k = 0; k < 2; ++k) lse_absorb(st[k].max, st[k].sum, buf[k], n);
   }
   DivRow<acc_t> row{math::lse_finish(st[0]), math::lse_finish(st[1]), acc_t(0), acc_t(0)};
-  double agg = 0.0, pa = 0.0;
-  for (int64_t j = 0; j < vocab; ++j) {
-    acc_t a, b;
-    math::div_terms(prm, static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q, a, b);
-    agg += a;
-    pa += b;
-  }
-  row.agg = static_cast<acc_t>(agg);
-  row.pa = static_cast<acc_t>(pa);
+  reduce_sums(z, r, vocab, prm, row);
   return row;
 }
 
@@ -118,6 +124,31 @@ at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor&
     });
   });
   return grad;
+}
+
+at::Tensor vocab_divergence_rows_shard_sums(const DivInputs& in, const at::Tensor& row_lse) {
+  const int64_t rows = in.policy.size(0), vocab = in.policy.size(1);
+  auto sums = at::empty({rows, 2}, row_lse.options());
+  if (rows == 0) return sums;
+  const bool* mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_div_shard_sums", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const auto prm = make_div_params<acc_t>(in);
+    const scalar_t* z = in.policy.const_data_ptr<scalar_t>();
+    const scalar_t* r = in.ref.const_data_ptr<scalar_t>();
+    const int64_t zs = in.policy.stride(0), rs = in.ref.stride(0);
+    const acc_t* lse = row_lse.const_data_ptr<acc_t>();
+    acc_t* out = sums.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        DivRow<acc_t> row{lse[2 * i], lse[2 * i + 1], acc_t(0), acc_t(0)};
+        if (!mask || mask[i]) reduce_sums(z + i * zs, r + i * rs, vocab, prm, row);
+        out[2 * i] = row.agg;
+        out[2 * i + 1] = row.pa;
+      }
+    });
+  });
+  return sums;
 }
 
 }  // namespace objx::cpu

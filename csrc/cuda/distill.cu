@@ -36,6 +36,23 @@ struct DistillOutputs {
   unsigned long long* first_error;  // [2]: first bad-target row, first empty counted row
 };
 
+// Pass 2 over one row by the whole block: row.div and row.qa from row's log-sum-exps.
+template <typename scalar_t, typename acc_t>
+__device__ void block_divergence(const scalar_t* s, const scalar_t* t, const DistillParams<acc_t>& prm,
+                                 DistillRow<acc_t>& row) {
+  acc_t div = 0, qa = 0;
+  for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
+    acc_t log_p, log_q;
+    math::distill_logs(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), log_p, log_q);
+    acc_t term, qa_j;
+    math::distill_terms(prm, log_p, log_q, term, qa_j);
+    div += term;
+    qa += qa_j;
+  }
+  row.div = block_sum(div);
+  row.qa = block_sum(qa);
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
     const scalar_t* __restrict__ student, int64_t s_stride, const scalar_t* __restrict__ teacher, int64_t t_stride,
@@ -76,17 +93,7 @@ __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
   row.lse_t1 = math::lse_finish(block_lse(st[3], unused));
   row.div = row.qa = acc_t(0);
 
-  acc_t div = 0, qa = 0;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    acc_t log_p, log_q;
-    math::distill_logs(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), log_p, log_q);
-    acc_t term, qa_j;
-    math::distill_terms(prm, log_p, log_q, term, qa_j);
-    div += term;
-    qa += qa_j;
-  }
-  row.div = block_sum(div);
-  row.qa = block_sum(qa);
+  block_divergence(s, t, prm, row);
 
   if (threadIdx.x == 0) {
     if (row.lse_s1 == -std::numeric_limits<acc_t>::infinity())
@@ -123,6 +130,21 @@ __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
     out[j] = static_cast<scalar_t>(math::distill_entry_grad(prm, row, static_cast<acc_t>(s[j]),
                                                             static_cast<acc_t>(t[j]), j == y, g_hard, g_soft));
+}
+
+// A shard's sums: the row's log-sum-exps come from row_lse (see distill_rows_shard_sums).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) distill_shard_sums_kernel(
+    const scalar_t* __restrict__ student, int64_t s_stride, const scalar_t* __restrict__ teacher, int64_t t_stride,
+    const acc_t* __restrict__ row_lse, DistillParams<acc_t> prm, acc_t* __restrict__ sums) {
+  const int64_t r = blockIdx.x;
+  const acc_t lse_s = row_lse[2 * r], lse_t = row_lse[2 * r + 1];
+  DistillRow<acc_t> row{lse_s, lse_s, lse_t, acc_t(0), acc_t(0), acc_t(0)};
+  block_divergence(student + r * s_stride, teacher + r * t_stride, prm, row);
+  if (threadIdx.x == 0) {
+    sums[2 * r] = row.div;
+    sums[2 * r + 1] = row.qa;
+  }
 }
 
 }  // namespace
@@ -172,6 +194,24 @@ at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& sa
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
+}
+
+at::Tensor distill_rows_shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
+  const c10::cuda::CUDAGuard guard(in.student.device());
+  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  auto sums = at::empty({rows, 2}, row_lse.options());
+  if (rows == 0) return sums;
+  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.distill_shard_sums: too many rows (", rows, ")");
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_shard_sums", [&] {
+    using acc_t = acc_type<scalar_t>;
+    distill_shard_sums_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
+        in.student.const_data_ptr<scalar_t>(), in.student.stride(0), in.teacher.const_data_ptr<scalar_t>(),
+        in.teacher.stride(0), row_lse.const_data_ptr<acc_t>(), make_distill_params<acc_t>(in.opt, vocab, false),
+        sums.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return sums;
 }
 
 }  // namespace objx::cuda

@@ -24,6 +24,20 @@ using math::DivRow;
 
 constexpr int kThreads = 256;
 
+// Pass 2 over one row by the whole block: row.agg and row.pa from row's log-sum-exps.
+template <typename scalar_t, typename acc_t>
+__device__ void block_div_sums(const scalar_t* z, const scalar_t* r, const DivParams<acc_t>& prm, DivRow<acc_t>& row) {
+  acc_t agg = 0, pa = 0;
+  for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
+    acc_t a, b;
+    math::div_terms(prm, static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q, a, b);
+    agg += a;
+    pa += b;
+  }
+  row.agg = block_sum(agg);
+  row.pa = block_sum(pa);
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) vocab_divergence_kernel(
     const scalar_t* __restrict__ policy, int64_t zs, const scalar_t* __restrict__ ref, int64_t rs,
@@ -47,15 +61,7 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_kernel(
   acc_t unused = 0;
   DivRow<acc_t> row{math::lse_finish(block_lse(sp, unused)), math::lse_finish(block_lse(sq, unused)), acc_t(0),
                     acc_t(0)};
-  acc_t agg = 0, pa = 0;
-  for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
-    acc_t a, b;
-    math::div_terms(prm, static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q, a, b);
-    agg += a;
-    pa += b;
-  }
-  row.agg = block_sum(agg);
-  row.pa = block_sum(pa);
+  block_div_sums(z, r, prm, row);
   if (threadIdx.x == 0) {
     div[i] = math::div_value(prm, row);
     out[0] = row.lse_p;
@@ -88,6 +94,21 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_backward_kernel(
 
 void check_rows(int64_t rows) {
   TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.vocab_divergence: too many rows (", rows, ")");
+}
+
+// A shard's sums: the row's log-sum-exps come from row_lse (see vocab_divergence_rows_shard_sums).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) vocab_divergence_shard_sums_kernel(
+    const scalar_t* __restrict__ policy, int64_t zs, const scalar_t* __restrict__ ref, int64_t rs,
+    const bool* __restrict__ mask, const acc_t* __restrict__ row_lse, DivParams<acc_t> prm,
+    acc_t* __restrict__ sums) {
+  const int64_t i = blockIdx.x;
+  DivRow<acc_t> row{row_lse[2 * i], row_lse[2 * i + 1], acc_t(0), acc_t(0)};
+  if (!mask || mask[i]) block_div_sums(policy + i * zs, ref + i * rs, prm, row);  // uniform over the block
+  if (threadIdx.x == 0) {
+    sums[2 * i] = row.agg;
+    sums[2 * i + 1] = row.pa;
+  }
 }
 
 }  // namespace
@@ -128,6 +149,25 @@ at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor&
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
+}
+
+at::Tensor vocab_divergence_rows_shard_sums(const DivInputs& in, const at::Tensor& row_lse) {
+  const c10::cuda::CUDAGuard guard(in.policy.device());
+  const int64_t rows = in.policy.size(0);
+  auto sums = at::empty({rows, 2}, row_lse.options());
+  if (rows == 0) return sums;
+  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.vocab_divergence_shard_sums: too many rows (",
+                    rows, ")");
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_div_shard_sums", [&] {
+    using acc_t = acc_type<scalar_t>;
+    vocab_divergence_shard_sums_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
+        in.policy.const_data_ptr<scalar_t>(), in.policy.stride(0), in.ref.const_data_ptr<scalar_t>(),
+        in.ref.stride(0), in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr,
+        row_lse.const_data_ptr<acc_t>(), make_div_params<acc_t>(in), sums.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return sums;
 }
 
 }  // namespace objx::cuda

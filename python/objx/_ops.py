@@ -291,3 +291,25 @@ def _vocab_divergence_backward(ctx, grad_div, _grad_stats):
 
 torch.library.register_autograd("objx::vocab_divergence_forward", _vocab_divergence_backward,
                                 setup_context=_vocab_divergence_setup_context)
+
+
+# --- vocabulary parallelism (SPEC §4): per-shard row statistics ----------------------------------
+# Statistics only, never differentiated: the sharded losses (objx.vocab_parallel) wrap them in their
+# own autograd functions whose backward is distill_backward / vocab_divergence_backward.
+
+@torch.library.register_fake("objx::row_logsumexp")
+def _row_logsumexp_fake(x, temperature):
+    torch._check(x.dim() == 2, lambda: "objx.row_logsumexp: x must be 2-D [N, V]")
+    return x.new_empty(x.shape[0], dtype=_acc_dtype(x.dtype))
+
+
+@torch.library.register_fake("objx::distill_shard_sums")
+def _distill_shard_sums_fake(student_logits, teacher_logits, row_lse, method, temperature, beta):
+    torch._check(student_logits.dim() == 2, lambda: "objx.distill_shard_sums: student_logits must be 2-D [N, V]")
+    return student_logits.new_empty(student_logits.shape[0], 2, dtype=_acc_dtype(student_logits.dtype))
+
+
+@torch.library.register_fake("objx::vocab_divergence_shard_sums")
+def _vocab_divergence_shard_sums_fake(policy_logits, ref_logits, row_lse, kind, div_alpha, mask):
+    torch._check(policy_logits.dim() == 2, lambda: "objx.vocab_divergence_shard_sums: policy_logits must be 2-D")
+    return policy_logits.new_empty(policy_logits.shape[0], 2, dtype=_acc_dtype(policy_logits.dtype))

@@ -8,9 +8,12 @@ vocabulary shard of the logits (or of the LM head) and gets the unsharded loss.
   no collective in the backward.
 - kl, reverse_kl, hellinger, bhattacharyya, renyi, alpha divergences: the same with objx's
   vocab_divergence kernels (objx.vocab_parallel.kernel_divergence).
-- JSD / TVD distillation and the js / tv divergences: objx.reference's formulas evaluated through
-  objx.vocab_parallel.ShardedVocabulary in PyTorch, one row block at a time under activation
-  checkpointing, so that one block of [rows, V / P] temporaries is alive.
+- JSD / TVD distillation and the js / tv divergences: objx's kernels on the shard take their sums
+  under the merged whole-vocabulary log-sum-exps (objx.vocab_parallel.sums_distill_soft,
+  sums_divergence); no collective in the backward.
+- Where a rank's shard is empty (V < P) or the two logits' dtypes differ: objx.reference's
+  formulas evaluated through objx.vocab_parallel.ShardedVocabulary in PyTorch, one row block at a
+  time under activation checkpointing, so that one block of [rows, V / P] temporaries is alive.
 - LM-head forms: one row block of shard logits at a time under checkpointing, then the above.
 Computed in float32 (float64 for float64 inputs). Every rank must take the same branch and the
 same row blocks: they issue the same collectives in the same order.
@@ -26,8 +29,9 @@ from ._args import reduce_rows
 from ._tiles import tile_budget_bytes
 from .objective import Objective
 from ._vocabulary import target_logprob_from
-from .vocab_parallel import (KERNEL_DIVERGENCES, KL_DISTILL, ShardedVocabulary, check_group, check_targets,
-                             compute_dtype, kernel_divergence, kl_distill_soft, replicated_to_shard, target_row_stats)
+from .vocab_parallel import (KERNEL_DIVERGENCES, KL_DISTILL, SUMS_DISTILL, SUMS_DIVERGENCES, ShardedVocabulary,
+                             check_group, check_targets, compute_dtype, kernel_divergence, kl_distill_soft,
+                             replicated_to_shard, sums_distill_soft, sums_divergence, target_row_stats)
 
 # Temporaries the reference formulas keep per logits entry (logits, masked copy, log-softmax, exp).
 _LIVE_COPIES = 6
@@ -126,11 +130,15 @@ def _distill_out(rows, counted, terms, reduction, shape, return_terms):
     return loss, {k: torch.where(counted, v, torch.full_like(v, fill[k])).reshape(shape) for k, v in terms.items()}
 
 
-def _kl_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, method, temperature, beta, hard_weight,
-                     soft_weight):
-    """KL-family distillation from objx's kernels on the shard (objx.vocab_parallel.kl_distill_soft;
-    the hard term from the SFT row statistics): (rows, counted, terms)."""
-    soft, stats = kl_distill_soft(s, t, method, temperature, vocab)
+def _kernel_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, method, temperature, beta, hard_weight,
+                         soft_weight):
+    """Distillation from objx's kernels on the shard (objx.vocab_parallel.kl_distill_soft for the KL
+    family, sums_distill_soft for jsd / tvd; the hard term from the SFT row statistics):
+    (rows, counted, terms)."""
+    if method in KL_DISTILL:
+        soft, stats = kl_distill_soft(s, t, method, temperature, vocab)
+    else:
+        soft, stats = sums_distill_soft(s, t, method, temperature, beta, vocab)
     u = torch.exp(stats[:, 2] - stats[:, 3] / float(temperature))
     if y is None:
         counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
@@ -143,15 +151,20 @@ def _kl_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, method,
     return torch.where(counted, rows, torch.zeros_like(rows)), counted, {"soft": soft, "hard": hard, "U": u}
 
 
+def _kernels_serve(method: str, vocab: ShardedVocabulary) -> bool:
+    """objx's kernels take the method on every shard; the same answer on every rank, which must
+    issue the same collectives. An empty shard (V < P) takes the PyTorch formulas instead."""
+    return method in KL_DISTILL + SUMS_DISTILL and min(vocab.sizes) > 0
+
+
 def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], shape, *, ignore_index,
                  reduction, return_terms, process_group, **method_kwargs):
     check_group(fn, process_group)
     vocab = ShardedVocabulary(process_group, s.shape[-1], s.device, fn)
     if y is not None:
         check_targets(fn, y, vocab, ignore_index)
-    # The same decision on every rank (they must issue the same collectives): no empty shard anywhere.
-    if method_kwargs["method"] in KL_DISTILL and min(vocab.sizes) > 0 and s.dtype == t.dtype:
-        return _distill_out(*_kl_distill_rows(s, t, y, vocab, ignore_index=ignore_index, **method_kwargs),
+    if _kernels_serve(method_kwargs["method"], vocab) and s.dtype == t.dtype:
+        return _distill_out(*_kernel_distill_rows(s, t, y, vocab, ignore_index=ignore_index, **method_kwargs),
                             reduction, shape, return_terms)
     dtype = compute_dtype(s, t)
 
@@ -174,15 +187,15 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
     dtype = compute_dtype(hs, ws)
     h = replicated_to_shard(hs, process_group)
 
-    kernels = method_kwargs["method"] in KL_DISTILL and min(vocab.sizes) > 0
+    kernels = _kernels_serve(method_kwargs["method"], vocab)
 
     def block(h_b, ht_b, y_b):
         with torch.no_grad():
             teacher = _head(ht_b, wt, bt, dtype)
         student = _head(h_b, ws, bs, dtype)
         if kernels:
-            rows, counted, terms = _kl_distill_rows(student, teacher, y_b, vocab, ignore_index=ignore_index,
-                                                    **method_kwargs)
+            rows, counted, terms = _kernel_distill_rows(student, teacher, y_b, vocab, ignore_index=ignore_index,
+                                                        **method_kwargs)
         else:
             rows, counted, terms = reference.distill_rows(student, teacher, y_b, ignore_index=ignore_index,
                                                           dtype=dtype, vocab=vocab, **method_kwargs)
@@ -196,8 +209,11 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
 def vocab_divergence(fn: str, z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, *, process_group):
     check_group(fn, process_group)
     vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
-    if kind in KERNEL_DIVERGENCES and min(vocab.sizes) > 0 and z.dtype == r.dtype:
-        return kernel_divergence(z, r, kind, div_alpha, mask, vocab)
+    if min(vocab.sizes) > 0 and z.dtype == r.dtype:
+        if kind in KERNEL_DIVERGENCES:
+            return kernel_divergence(z, r, kind, div_alpha, mask, vocab)
+        if kind in SUMS_DIVERGENCES:
+            return sums_divergence(z, r, kind, div_alpha, mask, vocab)
     dtype = compute_dtype(z, r)
 
     def block(z_b, r_b, mask_b):

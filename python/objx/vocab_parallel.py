@@ -295,6 +295,49 @@ def kl_distill_soft(s: torch.Tensor, t: torch.Tensor, method: str, temperature: 
     return soft, stats.detach()
 
 
+# Methods whose per-entry terms need the whole vocabulary's normalisation (JSD's mixture, TVD's
+# |p − q|): the shard's sums are taken under the merged log-sum-exps instead.
+SUMS_DISTILL = ("jsd", "tvd")
+
+
+class _ShardedSumsDistillSoft(torch.autograd.Function):
+    """The soft term of jsd / tvd per row from objx's kernels on the shard: the shard's log-sum-exps
+    of s/T, t/T and t, merged (MAX + SUM); then the shard's part of the row sums (D, Σ q a) under
+    those whole-vocabulary normalisers, one more SUM. The backward is the distill kernel's on the
+    merged statistics, local: no collective."""
+
+    @staticmethod
+    def forward(ctx, s, t, method, temperature, beta, group):
+        T = temperature
+        lse = torch.ops.objx.row_logsumexp
+        whole, _ = _merge_lse(torch.stack([lse(s, T), lse(t, T), lse(t, 1.0)], 1), group)
+        sums = _all_reduce(torch.ops.objx.distill_shard_sums(s, t, whole[:, :2].contiguous(), method, T, beta),
+                           "sum", group)
+        # distill_backward's row statistics (lse(s), lse(s/T), lse(t/T), lse(t), D, Σ q a). Its lse(s)
+        # serves only TTM/WTTM and the hard term, neither of which these methods' soft term reaches.
+        stats = torch.stack([whole[:, 0], whole[:, 0], whole[:, 1], whole[:, 2], sums[:, 0], sums[:, 1]], 1)
+        ctx.save_for_backward(s, t, stats)
+        ctx.options = (method, T, beta)
+        return sums[:, 0], stats
+
+    @staticmethod
+    def backward(ctx, g_soft, _g_stats):
+        s, t, stats = ctx.saved_tensors
+        counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        method, T, beta = ctx.options
+        grad = torch.ops.objx.distill_backward(g_soft.contiguous(), s, t, None, stats, counted, method, T, beta, 0.0,
+                                               1.0, -100)
+        return grad, None, None, None, None, None
+
+
+def sums_distill_soft(s: torch.Tensor, t: torch.Tensor, method: str, temperature: float, beta: float,
+                      vocab: ShardedVocabulary):
+    """(soft term per row, whole-vocabulary row statistics [N, 6]) for jsd or tvd."""
+    soft, stats = _ShardedSumsDistillSoft.apply(s.contiguous(), t.detach().contiguous(), method, float(temperature),
+                                                float(beta), vocab.group)
+    return soft, stats.detach()
+
+
 # Vocabulary divergences whose row sums renormalise from shards: with w_r, v_r the shard's shares of
 # p's and q's mass, KL sums become Σ_r w_r (D_r + log w_r − log v_r), the power sums Σ p^a q^(1-a)
 # become Σ_r w_r^a v_r^(1-a) S_r (a = 1/2 for hellinger / bhattacharyya). JS and TV do not.
@@ -350,6 +393,38 @@ class _ShardedVocabDivergence(torch.autograd.Function):
         z, r, stats, mask = ctx.saved_tensors
         g = torch.ops.objx.vocab_divergence_backward(grad.contiguous(), z, r, stats, ctx.kind, ctx.div_alpha, mask)
         return g, None, None, None, None, None
+
+
+# Divergences whose per-entry terms need the whole vocabulary's normalisation (see SUMS_DISTILL).
+SUMS_DIVERGENCES = ("js", "tv")
+
+
+class _ShardedSumsDivergence(torch.autograd.Function):
+    """js / tv per row from objx's kernels on the shard: both log-sum-exps merged (MAX + SUM), the
+    shard's part of the row sums under them, one more SUM; the kernel's backward, local."""
+
+    @staticmethod
+    def forward(ctx, z, r, kind, div_alpha, mask, group):
+        lse = torch.ops.objx.row_logsumexp
+        whole, _ = _merge_lse(torch.stack([lse(z, 1.0), lse(r, 1.0)], 1), group)
+        sums = _all_reduce(torch.ops.objx.vocab_divergence_shard_sums(z, r, whole.contiguous(), kind, div_alpha, mask),
+                           "sum", group)
+        stats = torch.cat([whole, sums], 1)  # (lse_p, lse_q, agg, pa); D = agg for js and tv
+        div = sums[:, 0] if mask is None else torch.where(mask, sums[:, 0], torch.zeros_like(sums[:, 0]))
+        ctx.save_for_backward(z, r, stats, mask)
+        ctx.kind, ctx.div_alpha = kind, div_alpha
+        return div
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, r, stats, mask = ctx.saved_tensors
+        g = torch.ops.objx.vocab_divergence_backward(grad.contiguous(), z, r, stats, ctx.kind, ctx.div_alpha, mask)
+        return g, None, None, None, None, None
+
+
+def sums_divergence(z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, vocab: ShardedVocabulary):
+    return _ShardedSumsDivergence.apply(z.contiguous(), r.detach().contiguous(), kind, float(div_alpha), mask,
+                                        vocab.group)
 
 
 def kernel_divergence(z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, vocab: ShardedVocabulary):

@@ -57,13 +57,19 @@ void raise_distill_row_errors(const at::Tensor& target, int64_t vocab, int64_t i
 // and for the fused LM-head distillation, which feeds them blocks of logits.
 DistillForward distill_rows_forward(const DistillInputs& in);
 at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved);
+// A vocabulary shard's part of each row's divergence sums, [N, 2] (D, Σ q a), with log p and log q
+// normalised by the whole vocabulary's log-sum-exps row_lse [N, 2] (the compared student's, the
+// teacher's at T); the options' target fields are unused.
+at::Tensor distill_rows_shard_sums(const DistillInputs& in, const at::Tensor& row_lse);
 namespace cpu {
 DistillForward distill_rows_forward(const DistillInputs& in);
 at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved);
+at::Tensor distill_rows_shard_sums(const DistillInputs& in, const at::Tensor& row_lse);
 }  // namespace cpu
 namespace cuda {
 DistillForward distill_rows_forward(const DistillInputs& in);
 at::Tensor distill_rows_backward(const DistillInputs& in, const DistillSaved& saved);
+at::Tensor distill_rows_shard_sums(const DistillInputs& in, const at::Tensor& row_lse);
 }  // namespace cuda
 
 }  // namespace objx

@@ -27,13 +27,19 @@ using DivForward = std::tuple<at::Tensor, at::Tensor>;
 // The kernels on checked inputs (CPU and CUDA bodies; the plain names pick by device).
 DivForward vocab_divergence_rows(const DivInputs& in);
 at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats);
+// A vocabulary shard's part of each row's sums, [N, 2] (agg, pa of math::DivRow), with log p and
+// log q normalised by the whole vocabulary's log-sum-exps row_lse [N, 2] (policy's, reference's);
+// 0 for rows the mask leaves out.
+at::Tensor vocab_divergence_rows_shard_sums(const DivInputs& in, const at::Tensor& row_lse);
 namespace cpu {
 DivForward vocab_divergence_rows(const DivInputs& in);
 at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats);
+at::Tensor vocab_divergence_rows_shard_sums(const DivInputs& in, const at::Tensor& row_lse);
 }  // namespace cpu
 namespace cuda {
 DivForward vocab_divergence_rows(const DivInputs& in);
 at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats);
+at::Tensor vocab_divergence_rows_shard_sums(const DivInputs& in, const at::Tensor& row_lse);
 }  // namespace cuda
 
 }  // namespace objx
