@@ -153,7 +153,7 @@ def _kernel_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, met
 
 def _kernels_serve(method: str, vocab: ShardedVocabulary) -> bool:
     """objx's kernels take the method on every shard; the same answer on every rank, which must
-    issue the same collectives. An empty shard (V < P) takes the PyTorch formulas instead."""
+    issue the same collectives. An empty shard (V < P) takes the reference formulas instead."""
     return method in KL_DISTILL + SUMS_DISTILL and min(vocab.sizes) > 0
 
 

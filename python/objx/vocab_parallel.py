@@ -6,10 +6,15 @@ and every other sum over the vocabulary with SUM, the target's logit by SUM of t
 
 - target_row_stats: per row, the LSE over the non-target tokens, the target logit (and the row
   sum), from objx's kernel on the shard; everything the SFT losses need, with a local backward.
+- kl_distill_soft / kernel_divergence: KL-family distillation and the kl, reverse_kl, hellinger,
+  bhattacharyya, renyi, alpha divergences from objx's kernels on the shard, their shard-normalised
+  sums renormalised to the whole vocabulary; local backward.
+- sums_distill_soft / sums_divergence: jsd / tvd and js / tv, whose terms need each token's
+  whole-vocabulary probability: the shard's sums under the merged log-sum-exps; local backward.
 - ShardedVocabulary: the objx._vocabulary interface over a shard, so that objx.reference's formulas
-  (distillation, divergences) run unchanged on it. A replicated per-row statistic (an LSE) that
-  feeds per-entry terms on every rank has its gradient summed over the ranks in the backward, one
-  [N] vector per such statistic.
+  (distillation, divergences) run unchanged on it where the kernels cannot (an empty shard, mixed
+  dtypes). A replicated per-row statistic (an LSE) that feeds per-entry terms on every rank has its
+  gradient summed over the ranks in the backward, one [N] vector per such statistic.
 """
 
 from typing import Optional
