@@ -53,10 +53,8 @@ void reduce_divergence(const scalar_t* s, const scalar_t* t, int64_t vocab, cons
                        DistillRow<acc_t>& row) {
   double div = 0.0, qa = 0.0;
   for (int64_t j = 0; j < vocab; ++j) {
-    acc_t log_p, log_q;
-    math::distill_logs(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), log_p, log_q);
     acc_t term, qa_j;
-    math::distill_terms(prm, log_p, log_q, term, qa_j);
+    math::distill_entry_sums(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), term, qa_j);
     div += term;
     qa += qa_j;
   }

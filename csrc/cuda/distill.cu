@@ -42,10 +42,8 @@ __device__ void block_divergence(const scalar_t* s, const scalar_t* t, const Dis
                                  DistillRow<acc_t>& row) {
   acc_t div = 0, qa = 0;
   for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
-    acc_t log_p, log_q;
-    math::distill_logs(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), log_p, log_q);
     acc_t term, qa_j;
-    math::distill_terms(prm, log_p, log_q, term, qa_j);
+    math::distill_entry_sums(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), term, qa_j);
     div += term;
     qa += qa_j;
   }

@@ -404,9 +404,10 @@ class _ShardedVocabDivergence(torch.autograd.Function):
 SUMS_DIVERGENCES = ("js", "tv")
 
 
-class _ShardedSumsDivergence(torch.autograd.Function):
+class _ShardedSumsDivergence(_ShardedVocabDivergence):
     """js / tv per row from objx's kernels on the shard: both log-sum-exps merged (MAX + SUM), the
-    shard's part of the row sums under them, one more SUM; the kernel's backward, local."""
+    shard's part of the row sums under them (0 for masked-out rows), one more SUM. The backward,
+    inherited, is the kernel's on the merged statistics, local."""
 
     @staticmethod
     def forward(ctx, z, r, kind, div_alpha, mask, group):
@@ -415,16 +416,9 @@ class _ShardedSumsDivergence(torch.autograd.Function):
         sums = _all_reduce(torch.ops.objx.vocab_divergence_shard_sums(z, r, whole.contiguous(), kind, div_alpha, mask),
                            "sum", group)
         stats = torch.cat([whole, sums], 1)  # (lse_p, lse_q, agg, pa); D = agg for js and tv
-        div = sums[:, 0] if mask is None else torch.where(mask, sums[:, 0], torch.zeros_like(sums[:, 0]))
         ctx.save_for_backward(z, r, stats, mask)
         ctx.kind, ctx.div_alpha = kind, div_alpha
-        return div
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, r, stats, mask = ctx.saved_tensors
-        g = torch.ops.objx.vocab_divergence_backward(grad.contiguous(), z, r, stats, ctx.kind, ctx.div_alpha, mask)
-        return g, None, None, None, None, None
+        return sums[:, 0]
 
 
 def sums_divergence(z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, vocab: ShardedVocabulary):

@@ -136,6 +136,15 @@ OBJX_HD void distill_terms(const DistillParams<acc_t>& prm, acc_t log_p, acc_t l
   }
 }
 
+// One entry's contributions to (D, Σ q a) under the row's log-sum-exps: the body of pass 2.
+template <typename acc_t>
+OBJX_HD void distill_entry_sums(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, acc_t s, acc_t t,
+                                acc_t& term, acc_t& qa) {
+  acc_t log_p, log_q;
+  distill_logs(prm, row, s, t, log_p, log_q);
+  distill_terms(prm, log_p, log_q, term, qa);
+}
+
 // WTTM's sample weight U = sum_j softmax(t)_j^(1/T) = exp(lse(t/T) - lse(t)/T).
 template <typename acc_t>
 OBJX_HD acc_t distill_wttm_weight(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row) {
