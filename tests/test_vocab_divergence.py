@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import objx
-from helpers import TOLERANCES, assert_close
+from helpers import TOLERANCES, assert_close, separate_ties
 
 KINDS = [("kl", 0.5), ("reverse_kl", 0.5), ("js", 0.5), ("hellinger", 0.5), ("bhattacharyya", 0.5),
          ("renyi", 0.5), ("renyi", 2.0), ("alpha", 0.5), ("alpha", 2.0), ("alpha", -0.5), ("tv", 0.5)]
@@ -16,22 +16,6 @@ def make_pair(rows, vocab, *, dtype=torch.float32, device="cpu"):
     ref = torch.randn(rows, vocab, dtype=torch.float64, generator=g) * 2
     policy = 0.7 * ref + torch.randn(rows, vocab, dtype=torch.float64, generator=g)
     return policy.to(dtype).to(device), ref.to(dtype).to(device)
-
-
-def separate_ties(policy, ref, margin=1e-3):
-    """TV's gradient p_j (a_j - Σ_k p_k a_k), a_j = sign(p_j - q_j) / 2, moves on every entry when one
-    entry within rounding of p_k = q_k takes the other side, so the low-precision comparison needs
-    inputs without such entries: nudge the policy's logit wherever p and q are within `margin`
-    (relative) until none is."""
-    policy = policy.clone()
-    for _ in range(20):
-        p = torch.softmax(policy.double(), -1)
-        q = torch.softmax(ref.double(), -1)
-        near = (p - q).abs() <= margin * torch.maximum(p, q)
-        if not near.any():
-            return policy
-        policy = torch.where(near, policy + 0.05 + 0.02 * policy.abs(), policy)  # a step bf16 can represent
-    raise AssertionError("could not separate p from q")
 
 
 def check(policy, ref, kind, div_alpha, mask=None):

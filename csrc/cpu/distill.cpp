@@ -14,6 +14,7 @@
 #include "objx/prob_loss.h"
 #include "objx/math/distill.h"
 #include "objx/math/online_lse.h"
+#include "pair_piece.h"
 #include "vec_row.h"
 
 namespace objx::cpu {
@@ -47,16 +48,29 @@ DistillRow<acc_t> reduce_lse(const scalar_t* s, const scalar_t* t, int64_t vocab
           acc_t(0), acc_t(0)};
 }
 
+// The logs of entries [start, start + n) of a row into a piece, then their exps.
+template <typename scalar_t, typename acc_t>
+void load_piece(const scalar_t* s, const scalar_t* t, int64_t start, int64_t n, const DistillParams<acc_t>& prm,
+                const DistillRow<acc_t>& row, PairPiece<acc_t>& piece) {
+  for (int64_t i = 0; i < n; ++i)
+    math::distill_logs(prm, row, static_cast<acc_t>(s[start + i]), static_cast<acc_t>(t[start + i]), piece.log_p[i],
+                       piece.log_q[i]);
+  piece.take_exps(n);
+}
+
 // Pass 2: the raw divergence sum D and sum_k q_k a_k.
 template <typename scalar_t, typename acc_t>
 void reduce_divergence(const scalar_t* s, const scalar_t* t, int64_t vocab, const DistillParams<acc_t>& prm,
                        DistillRow<acc_t>& row) {
+  PairPiece<acc_t> piece;
+  acc_t terms[PairPiece<acc_t>::kSize], qas[PairPiece<acc_t>::kSize];
   double div = 0.0, qa = 0.0;
-  for (int64_t j = 0; j < vocab; ++j) {
-    acc_t term, qa_j;
-    math::distill_entry_sums(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), term, qa_j);
-    div += term;
-    qa += qa_j;
+  for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
+    const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
+    load_piece(s, t, start, n, prm, row, piece);
+    for (int64_t i = 0; i < n; ++i) math::distill_terms(prm, piece[i], terms[i], qas[i]);
+    div += piece_sum(terms, n);
+    qa += piece_sum(qas, n);
   }
   row.div = static_cast<acc_t>(div);
   row.qa = static_cast<acc_t>(qa);
@@ -123,6 +137,8 @@ void backward_impl(const acc_t* grad_loss, const at::Tensor& student, const at::
   const int64_t s_stride = student.stride(0), t_stride = teacher.stride(0);
   scalar_t* out_base = grad.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+    PairPiece<acc_t> piece;
+    acc_t softmax_s[PairPiece<acc_t>::kSize];
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* out = out_base + r * vocab;
       if (!counted[r]) {
@@ -133,10 +149,20 @@ void backward_impl(const acc_t* grad_loss, const at::Tensor& student, const at::
       const scalar_t* s = s_base + r * s_stride;
       const scalar_t* t = t_base + r * t_stride;
       const int64_t yr = prm.has_target ? y[r] : -1;
-      const acc_t g_hard = grad_loss[r] * prm.hard_weight, g_soft = grad_loss[r] * prm.soft_weight;
-      for (int64_t j = 0; j < vocab; ++j)
-        out[j] = static_cast<scalar_t>(math::distill_entry_grad(prm, row, static_cast<acc_t>(s[j]),
-                                                                static_cast<acc_t>(t[j]), j == yr, g_hard, g_soft));
+      const acc_t g_hard = grad_loss[r] * prm.hard_weight;
+      const acc_t g_soft = grad_loss[r] * prm.soft_weight * math::soft_grad_scale(prm, row);
+      for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
+        const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
+        load_piece(s, t, start, n, prm, row, piece);
+        if (g_hard != acc_t(0)) {  // the hard term's softmax(s)_j
+          for (int64_t i = 0; i < n; ++i) softmax_s[i] = static_cast<acc_t>(s[start + i]) - row.lse_s1;
+          chunk_exp(softmax_s, n, softmax_s);
+        }
+        if (g_hard == acc_t(0)) std::fill(softmax_s, softmax_s + n, acc_t(0));
+        for (int64_t i = 0; i < n; ++i)
+          out[start + i] = static_cast<scalar_t>(
+              math::distill_grad_from(prm, row, piece[i], softmax_s[i], start + i == yr, g_hard, g_soft));
+      }
     }
   });
 }

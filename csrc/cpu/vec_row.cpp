@@ -79,6 +79,14 @@ OBJX_ISA_CLONES float chunk_sum(const float* x, int64_t n) {
   return acc[0] + tail;
 }
 
+OBJX_ISA_CLONES void chunk_exp(const float* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = exp_poly(x[i]);
+}
+
+void chunk_exp(const double* x, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i]);
+}
+
 OBJX_ISA_CLONES void chunk_scaled_softmax(const float* x, int64_t n, float lse, float a, float c,
                                           float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = a * exp_poly(x[i] - lse) - c;

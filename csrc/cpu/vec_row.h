@@ -12,6 +12,9 @@ float chunk_max(const float* x, int64_t n);
 float chunk_sum_exp(const float* x, int64_t n, float shift);
 // sum_j x_j.
 float chunk_sum(const float* x, int64_t n);
+// out_j = exp(x_j) (float32 within ~2 ulp; 0 below -87.5, so no subnormal results; float64 exact).
+void chunk_exp(const float* x, int64_t n, float* out);
+void chunk_exp(const double* x, int64_t n, double* out);
 // out_j = a * exp(x_j - lse) - c.
 void chunk_scaled_softmax(const float* x, int64_t n, float lse, float a, float c, float* out);
 

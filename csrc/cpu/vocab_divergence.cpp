@@ -12,6 +12,7 @@
 #include "objx/math/vocab_divergence.h"
 #include "objx/prob_loss.h"
 #include "objx/vocab_divergence.h"
+#include "pair_piece.h"
 #include "vec_row.h"
 
 namespace objx::cpu {
@@ -24,15 +25,29 @@ constexpr int64_t kPiece = 1024;
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 
+// The logs of entries [start, start + n) of a row into a piece, then their exps.
+template <typename scalar_t, typename acc_t>
+void load_piece(const scalar_t* z, const scalar_t* r, int64_t start, int64_t n, const DivRow<acc_t>& row,
+                PairPiece<acc_t>& piece) {
+  for (int64_t i = 0; i < n; ++i) {
+    piece.log_p[i] = static_cast<acc_t>(z[start + i]) - row.lse_p;
+    piece.log_q[i] = static_cast<acc_t>(r[start + i]) - row.lse_q;
+  }
+  piece.take_exps(n);
+}
+
 // The pass-2 sums (agg, pa) of a row under row.lse_p, row.lse_q.
 template <typename scalar_t, typename acc_t>
 void reduce_sums(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm, DivRow<acc_t>& row) {
+  PairPiece<acc_t> piece;
+  acc_t aggs[PairPiece<acc_t>::kSize], pas[PairPiece<acc_t>::kSize];
   double agg = 0.0, pa = 0.0;
-  for (int64_t j = 0; j < vocab; ++j) {
-    acc_t a, b;
-    math::div_terms(prm, static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q, a, b);
-    agg += a;
-    pa += b;
+  for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
+    const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
+    load_piece(z, r, start, n, row, piece);
+    for (int64_t i = 0; i < n; ++i) math::div_terms(prm, piece[i], aggs[i], pas[i]);
+    agg += piece_sum(aggs, n);
+    pa += piece_sum(pas, n);
   }
   row.agg = static_cast<acc_t>(agg);
   row.pa = static_cast<acc_t>(pa);
@@ -107,6 +122,7 @@ at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor&
     const acc_t* st = stats.const_data_ptr<acc_t>();
     scalar_t* out_base = grad.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+      PairPiece<acc_t> piece;
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* out = out_base + i * vocab;
         if (mask && !mask[i]) {
@@ -115,10 +131,11 @@ at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor&
         }
         const acc_t* s = st + i * math::kDivRowStats;
         const DivRow<acc_t> row{s[0], s[1], s[2], s[3]};
-        for (int64_t j = 0; j < vocab; ++j) {
-          const acc_t log_p = static_cast<acc_t>(z[i * zs + j]) - row.lse_p;
-          const acc_t log_q = static_cast<acc_t>(r[i * rs + j]) - row.lse_q;
-          out[j] = static_cast<scalar_t>(g[i] * math::div_grad(prm, row, log_p, log_q));
+        for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
+          const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
+          load_piece(z + i * zs, r + i * rs, start, n, row, piece);
+          for (int64_t j = 0; j < n; ++j)
+            out[start + j] = static_cast<scalar_t>(g[i] * math::div_grad(prm, row, piece[j]));
         }
       }
     });

@@ -124,7 +124,8 @@ __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
   const scalar_t* s = student + r * s_stride;
   const scalar_t* t = teacher + r * t_stride;
   const int64_t y = prm.has_target ? target[r] : -1;
-  const acc_t g_hard = grad_loss[r] * prm.hard_weight, g_soft = grad_loss[r] * prm.soft_weight;
+  const acc_t g_hard = grad_loss[r] * prm.hard_weight;
+  const acc_t g_soft = grad_loss[r] * prm.soft_weight * math::soft_grad_scale(prm, row);
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
     out[j] = static_cast<scalar_t>(math::distill_entry_grad(prm, row, static_cast<acc_t>(s[j]),
                                                             static_cast<acc_t>(t[j]), j == y, g_hard, g_soft));

@@ -30,7 +30,8 @@ __device__ void block_div_sums(const scalar_t* z, const scalar_t* r, const DivPa
   acc_t agg = 0, pa = 0;
   for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
     acc_t a, b;
-    math::div_terms(prm, static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q, a, b);
+    math::div_terms(prm, math::prob_pair(static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q),
+                    a, b);
     agg += a;
     pa += b;
   }
@@ -88,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_backward_kernel(
   const scalar_t* r = ref + i * rs;
   for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
     const acc_t log_p = static_cast<acc_t>(z[j]) - row.lse_p, log_q = static_cast<acc_t>(r[j]) - row.lse_q;
-    out[j] = static_cast<scalar_t>(grad_div[i] * math::div_grad(prm, row, log_p, log_q));
+    out[j] = static_cast<scalar_t>(grad_div[i] * math::div_grad(prm, row, math::prob_pair(log_p, log_q)));
   }
 }
 

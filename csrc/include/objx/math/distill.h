@@ -44,11 +44,24 @@ OBJX_HD void distill_logs(const DistillParams<acc_t>& prm, const DistillRow<acc_
   log_q = distill_untempered_student(prm.method) ? s - row.lse_s1 : s / prm.temperature - row.lse_sT;
 }
 
-// x * (log_x - log_y) with 0 * anything = 0 (an entry of probability 0 contributes nothing).
+// One vocabulary entry: log p, log q and their exponentials. The caller takes the exponentials
+// (inline on CUDA; on CPU a vectorised piece of a row at a time), the terms below only combine them.
 template <typename acc_t>
-OBJX_HD acc_t xlogratio(acc_t log_x, acc_t log_y) {
+struct ProbPair {
+  acc_t log_p, log_q, p, q;
+};
+
+template <typename acc_t>
+OBJX_HD ProbPair<acc_t> prob_pair(acc_t log_p, acc_t log_q) {
   using std::exp;
-  return log_x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : exp(log_x) * (log_x - log_y);
+  return {log_p, log_q, exp(log_p), exp(log_q)};
+}
+
+// x (log_x - log_y) from x = e^{log_x}, 0 where x is exactly 0 (log_x = -inf): an entry of
+// probability 0 contributes nothing.
+template <typename acc_t>
+OBJX_HD acc_t xlogratio_from(acc_t x, acc_t log_x, acc_t log_y) {
+  return log_x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : x * (log_x - log_y);
 }
 
 // log(beta e^{log_p} + (1 - beta) e^{log_q}), the JSD mixture, in log space throughout.
@@ -72,67 +85,51 @@ OBJX_HD acc_t half_sign_diff(acc_t x, acc_t y) {
   return d == acc_t(0) ? acc_t(0) : h;
 }
 
-// One entry's p, q and log m, m = beta p + (1 - beta) q. The log of the linear sum while it is a
-// normal number: one log on top of the two exps every caller needs anyway, against log_mixture's
-// exp, log1p and two logs, and no less accurate (the sum of two positives loses nothing). When
-// both probabilities underflow, the log-space form keeps log m finite.
+// log m, m = beta p + (1 - beta) q: the log of the linear sum while it is a normal number (one log
+// beyond the exps every caller has, against log_mixture's exp, log1p and two logs, and no less
+// accurate: a sum of two positives loses nothing); where both probabilities underflow, the
+// log-space form keeps log m finite.
 template <typename acc_t>
-struct MixtureEntry {
-  acc_t p, q, log_m;
-};
-
-template <typename acc_t>
-OBJX_HD MixtureEntry<acc_t> mixture_entry(acc_t beta, acc_t log_p, acc_t log_q) {
-  using std::exp;
+OBJX_HD acc_t log_mixture_of(acc_t beta, const ProbPair<acc_t>& e) {
   using std::log;
-  const acc_t p = exp(log_p), q = exp(log_q);
-  const acc_t m = beta * p + (acc_t(1) - beta) * q;
-  return {p, q, m >= std::numeric_limits<acc_t>::min() ? log(m) : log_mixture(beta, log_p, log_q)};
-}
-
-// x (log_x - log_m) from x = e^{log_x}, 0 where x is exactly 0 (log_x = -inf).
-template <typename acc_t>
-OBJX_HD acc_t xlogratio_from(acc_t x, acc_t log_x, acc_t log_m) {
-  return log_x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : x * (log_x - log_m);
+  const acc_t m = beta * e.p + (acc_t(1) - beta) * e.q;
+  return m >= std::numeric_limits<acc_t>::min() ? log(m) : log_mixture(beta, e.log_p, e.log_q);
 }
 
 // The JSD entry: its divergence term beta p log(p/m) + (1 - beta) q log(q/m) and
 // a = dD/dq = (1 - beta) log(q/m) (0 where q = 0).
 template <typename acc_t>
 struct JsdEntry {
-  acc_t term, a, q;
+  acc_t term, a;
 };
 
 template <typename acc_t>
-OBJX_HD JsdEntry<acc_t> jsd_entry(acc_t beta, acc_t log_p, acc_t log_q) {
-  const MixtureEntry<acc_t> e = mixture_entry(beta, log_p, log_q);
-  const acc_t term = beta * xlogratio_from(e.p, log_p, e.log_m) + (acc_t(1) - beta) * xlogratio_from(e.q, log_q, e.log_m);
-  const acc_t a = log_q == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : (acc_t(1) - beta) * (log_q - e.log_m);
-  return {term, a, e.q};
+OBJX_HD JsdEntry<acc_t> jsd_entry(acc_t beta, const ProbPair<acc_t>& e) {
+  const acc_t log_m = log_mixture_of(beta, e);
+  const acc_t term = beta * xlogratio_from(e.p, e.log_p, log_m) + (acc_t(1) - beta) * xlogratio_from(e.q, e.log_q, log_m);
+  const acc_t a = e.log_q == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : (acc_t(1) - beta) * (e.log_q - log_m);
+  return {term, a};
 }
 
 // One entry's contributions to the raw divergence sum D and to sum_k q_k a_k, a_k = dD/dq_k for
 // the methods differentiated by chaining through the softmax (jsd, tvd; 0 for the others).
 template <typename acc_t>
-OBJX_HD void distill_terms(const DistillParams<acc_t>& prm, acc_t log_p, acc_t log_q, acc_t& term, acc_t& qa) {
-  using std::exp;
+OBJX_HD void distill_terms(const DistillParams<acc_t>& prm, const ProbPair<acc_t>& e, acc_t& term, acc_t& qa) {
   using std::fabs;
   qa = acc_t(0);
   switch (prm.method) {
-    case DistillMethod::kReverseKl: term = xlogratio(log_q, log_p); break;
+    case DistillMethod::kReverseKl: term = xlogratio_from(e.q, e.log_q, e.log_p); break;
     case DistillMethod::kJsd: {
-      const JsdEntry<acc_t> e = jsd_entry(prm.beta, log_p, log_q);
-      term = e.term;
-      qa = e.q * e.a;
+      const JsdEntry<acc_t> j = jsd_entry(prm.beta, e);
+      term = j.term;
+      qa = e.q * j.a;
       break;
     }
-    case DistillMethod::kTvd: {
-      const acc_t p = exp(log_p), q = exp(log_q);
-      term = acc_t(0.5) * fabs(p - q);
-      qa = q * half_sign_diff(q, p);
+    case DistillMethod::kTvd:
+      term = acc_t(0.5) * fabs(e.p - e.q);
+      qa = e.q * half_sign_diff(e.q, e.p);
       break;
-    }
-    default: term = xlogratio(log_p, log_q);  // KL(p || q): ttm, wttm, kd, forward_kl
+    default: term = xlogratio_from(e.p, e.log_p, e.log_q);  // KL(p || q): ttm, wttm, kd, forward_kl
   }
 }
 
@@ -142,7 +139,7 @@ OBJX_HD void distill_entry_sums(const DistillParams<acc_t>& prm, const DistillRo
                                 acc_t& term, acc_t& qa) {
   acc_t log_p, log_q;
   distill_logs(prm, row, s, t, log_p, log_q);
-  distill_terms(prm, log_p, log_q, term, qa);
+  distill_terms(prm, prob_pair(log_p, log_q), term, qa);
 }
 
 // WTTM's sample weight U = sum_j softmax(t)_j^(1/T) = exp(lse(t/T) - lse(t)/T).
@@ -162,25 +159,30 @@ OBJX_HD acc_t distill_soft(const DistillParams<acc_t>& prm, const DistillRow<acc
   }
 }
 
-// d soft / d s_j for one entry.
+// d soft / d s_j for one entry, divided by the row's factor soft_grad_scale (kept out of the
+// per-entry work: WTTM's U is an exp).
 template <typename acc_t>
-OBJX_HD acc_t distill_soft_grad(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, acc_t log_p,
-                                acc_t log_q) {
-  using std::exp;
-  const acc_t T = prm.temperature;
-  if (prm.method == DistillMethod::kJsd) {  // jsd_entry takes the exponentials itself
-    const JsdEntry<acc_t> e = jsd_entry(prm.beta, log_p, log_q);
-    return e.q * (e.a - row.qa) / T;
-  }
-  const acc_t p = exp(log_p), q = exp(log_q);
+OBJX_HD acc_t distill_soft_grad(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, const ProbPair<acc_t>& e) {
   switch (prm.method) {
-    case DistillMethod::kTtm: return q - p;
-    case DistillMethod::kWttm: return distill_wttm_weight(prm, row) * (q - p);
-    case DistillMethod::kKd: return T * (q - p);
-    case DistillMethod::kForwardKl: return (q - p) / T;
-    case DistillMethod::kReverseKl:
-      return q == acc_t(0) ? acc_t(0) : q * (log_q - log_p - row.div) / T;
-    default: return q * (half_sign_diff(q, p) - row.qa) / T;  // tvd
+    case DistillMethod::kTtm:
+    case DistillMethod::kWttm:
+    case DistillMethod::kKd:
+    case DistillMethod::kForwardKl: return e.q - e.p;
+    case DistillMethod::kReverseKl: return e.q == acc_t(0) ? acc_t(0) : e.q * (e.log_q - e.log_p - row.div);
+    case DistillMethod::kJsd: return e.q * (jsd_entry(prm.beta, e).a - row.qa);
+    default: return e.q * (half_sign_diff(e.q, e.p) - row.qa);  // tvd
+  }
+}
+
+// The row's factor of d soft / d s: U for wttm, T for kd, 1 for ttm, 1/T for the methods that
+// compare softmax(s/T).
+template <typename acc_t>
+OBJX_HD acc_t soft_grad_scale(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row) {
+  switch (prm.method) {
+    case DistillMethod::kTtm: return acc_t(1);
+    case DistillMethod::kWttm: return distill_wttm_weight(prm, row);
+    case DistillMethod::kKd: return prm.temperature;
+    default: return acc_t(1) / prm.temperature;
   }
 }
 
@@ -190,16 +192,26 @@ OBJX_HD DistillRow<acc_t> distill_row_from(const acc_t* st) {
   return {st[0], st[1], st[2], st[3], st[4], st[5]};
 }
 
-// d loss / d s_j of one entry: g_soft * d soft / d s_j + g_hard * (softmax(s)_j - [j = y]).
+// d loss / d s_j of one entry from its pair and softmax(s)_j (= exp(s_j - lse(s))):
+// g_soft * d soft / d s_j + g_hard * (softmax(s)_j - [j = y]). g_soft carries soft_grad_scale.
+template <typename acc_t>
+OBJX_HD acc_t distill_grad_from(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row,
+                                const ProbPair<acc_t>& e, acc_t softmax_s, bool is_target, acc_t g_hard,
+                                acc_t g_soft_scaled) {
+  acc_t v = g_soft_scaled * distill_soft_grad(prm, row, e);
+  if (g_hard != acc_t(0)) v += g_hard * (softmax_s - (is_target ? acc_t(1) : acc_t(0)));
+  return v;
+}
+
+// The same from the logits (the exps taken here): the body of the CUDA backward.
 template <typename acc_t>
 OBJX_HD acc_t distill_entry_grad(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, acc_t s, acc_t t,
-                                 bool is_target, acc_t g_hard, acc_t g_soft) {
+                                 bool is_target, acc_t g_hard, acc_t g_soft_scaled) {
   using std::exp;
   acc_t log_p, log_q;
   distill_logs(prm, row, s, t, log_p, log_q);
-  acc_t v = g_soft * distill_soft_grad(prm, row, log_p, log_q);
-  if (g_hard != acc_t(0)) v += g_hard * (exp(s - row.lse_s1) - (is_target ? acc_t(1) : acc_t(0)));
-  return v;
+  const acc_t softmax_s = g_hard != acc_t(0) ? exp(s - row.lse_s1) : acc_t(0);
+  return distill_grad_from(prm, row, prob_pair(log_p, log_q), softmax_s, is_target, g_hard, g_soft_scaled);
 }
 
 }  // namespace objx::math

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <limits>
 
-#include "objx/math/distill.h"  // xlogratio, mixture_entry, half_sign_diff
+#include "objx/math/distill.h"  // ProbPair, xlogratio_from, log_mixture_of, half_sign_diff
 #include "objx/math/hd.h"
 
 namespace objx::math {
@@ -39,32 +39,31 @@ OBJX_HD acc_t div_power_mean(acc_t alpha, acc_t log_p, acc_t log_q) {
   return exp(alpha * log_p + (acc_t(1) - alpha) * log_q);
 }
 
-// One entry's contribution to (agg, pa).
+// One entry's contribution to (agg, pa). hellinger, bhattacharyya, renyi and alpha take their
+// power mean from the logs (a product of the exps could underflow where the mean does not).
 template <typename acc_t>
-OBJX_HD void div_terms(const DivParams<acc_t>& prm, acc_t log_p, acc_t log_q, acc_t& agg, acc_t& pa) {
+OBJX_HD void div_terms(const DivParams<acc_t>& prm, const ProbPair<acc_t>& e, acc_t& agg, acc_t& pa) {
   using std::exp;
   using std::fabs;
   agg = pa = acc_t(0);
   switch (prm.kind) {
-    case DivKind::kKl: agg = xlogratio(log_p, log_q); break;
-    case DivKind::kReverseKl: agg = xlogratio(log_q, log_p); break;
+    case DivKind::kKl: agg = xlogratio_from(e.p, e.log_p, e.log_q); break;
+    case DivKind::kReverseKl: agg = xlogratio_from(e.q, e.log_q, e.log_p); break;
     case DivKind::kJs: {
-      const MixtureEntry<acc_t> e = mixture_entry(acc_t(0.5), log_p, log_q);
-      const acc_t p_term = xlogratio_from(e.p, log_p, e.log_m);
-      agg = acc_t(0.5) * (p_term + xlogratio_from(e.q, log_q, e.log_m));
+      const acc_t log_m = log_mixture_of(acc_t(0.5), e);
+      const acc_t p_term = xlogratio_from(e.p, e.log_p, log_m);
+      agg = acc_t(0.5) * (p_term + xlogratio_from(e.q, e.log_q, log_m));
       pa = acc_t(0.5) * p_term;
       break;
     }
     case DivKind::kHellinger:
-    case DivKind::kBhattacharyya: agg = exp(acc_t(0.5) * (log_p + log_q)); break;
+    case DivKind::kBhattacharyya: agg = exp(acc_t(0.5) * (e.log_p + e.log_q)); break;
     case DivKind::kRenyi:
-    case DivKind::kAlpha: agg = div_power_mean(prm.alpha, log_p, log_q); break;
-    case DivKind::kTv: {
-      const acc_t p = exp(log_p), q = exp(log_q);
-      agg = acc_t(0.5) * fabs(p - q);
-      pa = p * half_sign_diff(p, q);
+    case DivKind::kAlpha: agg = div_power_mean(prm.alpha, e.log_p, e.log_q); break;
+    case DivKind::kTv:
+      agg = acc_t(0.5) * fabs(e.p - e.q);
+      pa = e.p * half_sign_diff(e.p, e.q);
       break;
-    }
   }
 }
 
@@ -83,30 +82,26 @@ OBJX_HD acc_t div_value(const DivParams<acc_t>& prm, const DivRow<acc_t>& row) {
 
 // d D / d z_j for one entry (SPEC §3.4's gradient column).
 template <typename acc_t>
-OBJX_HD acc_t div_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, acc_t log_p, acc_t log_q) {
+OBJX_HD acc_t div_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, const ProbPair<acc_t>& e) {
   using std::exp;
-  if (prm.kind == DivKind::kJs) {  // mixture_entry takes the exponentials itself
-    const MixtureEntry<acc_t> e = mixture_entry(acc_t(0.5), log_p, log_q);
-    return e.p == acc_t(0) ? acc_t(0) : e.p * (acc_t(0.5) * (log_p - e.log_m) - row.pa);
-  }
-  const acc_t p = exp(log_p), q = exp(log_q);
+  const acc_t p = e.p;
   switch (prm.kind) {
-    case DivKind::kKl: return p == acc_t(0) ? acc_t(0) : p * (log_p - log_q - row.agg);
-    case DivKind::kReverseKl: return p - q;
-    case DivKind::kJs: break;  // above
-    case DivKind::kHellinger: return acc_t(0.5) * p * row.agg - acc_t(0.5) * exp(acc_t(0.5) * (log_p + log_q));
-    case DivKind::kBhattacharyya: return acc_t(0.5) * p - acc_t(0.5) * exp(acc_t(0.5) * (log_p + log_q)) / row.agg;
+    case DivKind::kKl: return p == acc_t(0) ? acc_t(0) : p * (e.log_p - e.log_q - row.agg);
+    case DivKind::kReverseKl: return p - e.q;
+    case DivKind::kJs:
+      return p == acc_t(0) ? acc_t(0) : p * (acc_t(0.5) * (e.log_p - log_mixture_of(acc_t(0.5), e)) - row.pa);
+    case DivKind::kHellinger: return acc_t(0.5) * p * row.agg - acc_t(0.5) * exp(acc_t(0.5) * (e.log_p + e.log_q));
+    case DivKind::kBhattacharyya:
+      return acc_t(0.5) * p - acc_t(0.5) * exp(acc_t(0.5) * (e.log_p + e.log_q)) / row.agg;
     case DivKind::kRenyi: {
-      const acc_t w = div_power_mean(prm.alpha, log_p, log_q);
+      const acc_t w = div_power_mean(prm.alpha, e.log_p, e.log_q);
       return prm.alpha / (prm.alpha - acc_t(1)) * (w / row.agg - p);
     }
     case DivKind::kAlpha: {
-      const acc_t w = div_power_mean(prm.alpha, log_p, log_q);
+      const acc_t w = div_power_mean(prm.alpha, e.log_p, e.log_q);
       return (p * row.agg - w) / (acc_t(1) - prm.alpha);
     }
-    case DivKind::kTv: {
-      return p * (half_sign_diff(p, q) - row.pa);
-    }
+    case DivKind::kTv: return p * (half_sign_diff(p, e.q) - row.pa);
   }
   return acc_t(0);
 }
