@@ -33,7 +33,8 @@ at::Tensor row_logsumexp_rows(const at::Tensor& x, double temperature) {
         math::LseState<acc_t> st = math::lse_empty<acc_t>();
         for (int64_t start = 0; start < vocab; start += kPiece) {
           const int64_t n = std::min(kPiece, vocab - start);
-          for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc_t>(row[start + i]) / temp;  // as the distill kernels divide
+          // x / T, divided as the distill kernels divide (their log-sum-exps must match to the bit)
+          for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc_t>(row[start + i]) / temp;
           lse_absorb(st.max, st.sum, buf, n);
         }
         out_p[r] = math::lse_finish(st);

@@ -21,11 +21,12 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) row_logsumexp_kernel(const scalar_t* __restrict__ x, int64_t stride,
-                                                                 int64_t vocab, acc_t temperature, acc_t* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads) row_logsumexp_kernel(
+    const scalar_t* __restrict__ x, int64_t stride, int64_t vocab, acc_t temperature, acc_t* __restrict__ out) {
   const scalar_t* row = x + blockIdx.x * stride;
   math::LseState<acc_t> st = math::lse_empty<acc_t>();
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) math::lse_add(st, static_cast<acc_t>(row[j]) / temperature);
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
+    math::lse_add(st, static_cast<acc_t>(row[j]) / temperature);  // divided as the distill kernels divide
   acc_t unused = 0;
   st = block_lse(st, unused);
   if (threadIdx.x == 0) out[blockIdx.x] = math::lse_finish(st);
@@ -43,7 +44,8 @@ at::Tensor row_logsumexp_rows(const at::Tensor& x, double temperature) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "objx_row_logsumexp", [&] {
     using acc_t = acc_type<scalar_t>;
     row_logsumexp_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), x.stride(0), vocab, static_cast<acc_t>(temperature), out.mutable_data_ptr<acc_t>());
+        x.const_data_ptr<scalar_t>(), x.stride(0), vocab, static_cast<acc_t>(temperature),
+        out.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

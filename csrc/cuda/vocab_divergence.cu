@@ -160,7 +160,8 @@ at::Tensor vocab_divergence_rows_shard_sums(const DivInputs& in, const at::Tenso
   TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.vocab_divergence_shard_sums: too many rows (",
                     rows, ")");
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_div_shard_sums", [&] {
+  const auto dtype = in.policy.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "objx_div_shard_sums", [&] {
     using acc_t = acc_type<scalar_t>;
     vocab_divergence_shard_sums_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
         in.policy.const_data_ptr<scalar_t>(), in.policy.stride(0), in.ref.const_data_ptr<scalar_t>(),

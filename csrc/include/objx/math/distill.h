@@ -106,7 +106,8 @@ struct JsdEntry {
 template <typename acc_t>
 OBJX_HD JsdEntry<acc_t> jsd_entry(acc_t beta, const ProbPair<acc_t>& e) {
   const acc_t log_m = log_mixture_of(beta, e);
-  const acc_t term = beta * xlogratio_from(e.p, e.log_p, log_m) + (acc_t(1) - beta) * xlogratio_from(e.q, e.log_q, log_m);
+  const acc_t term =
+      beta * xlogratio_from(e.p, e.log_p, log_m) + (acc_t(1) - beta) * xlogratio_from(e.q, e.log_q, log_m);
   const acc_t a = e.log_q == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : (acc_t(1) - beta) * (e.log_q - log_m);
   return {term, a};
 }
@@ -162,7 +163,8 @@ OBJX_HD acc_t distill_soft(const DistillParams<acc_t>& prm, const DistillRow<acc
 // d soft / d s_j for one entry, divided by the row's factor soft_grad_scale (kept out of the
 // per-entry work: WTTM's U is an exp).
 template <typename acc_t>
-OBJX_HD acc_t distill_soft_grad(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row, const ProbPair<acc_t>& e) {
+OBJX_HD acc_t distill_soft_grad(const DistillParams<acc_t>& prm, const DistillRow<acc_t>& row,
+                                const ProbPair<acc_t>& e) {
   switch (prm.method) {
     case DistillMethod::kTtm:
     case DistillMethod::kWttm:
