@@ -157,8 +157,9 @@ void backward_impl(const acc_t* grad_loss, const at::Tensor& student, const at::
         if (g_hard != acc_t(0)) {  // the hard term's softmax(s)_j
           for (int64_t i = 0; i < n; ++i) softmax_s[i] = static_cast<acc_t>(s[start + i]) - row.lse_s1;
           chunk_exp(softmax_s, n, softmax_s);
+        } else {  // unused, but passed
+          std::fill(softmax_s, softmax_s + n, acc_t(0));
         }
-        if (g_hard == acc_t(0)) std::fill(softmax_s, softmax_s + n, acc_t(0));
         for (int64_t i = 0; i < n; ++i)
           out[start + i] = static_cast<scalar_t>(
               math::distill_grad_from(prm, row, piece[i], softmax_s[i], start + i == yr, g_hard, g_soft));

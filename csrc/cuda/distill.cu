@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "block_reduce.cuh"
+#include "launch.cuh"
 #include "objx/acc_type.h"
 #include "objx/distill.h"
 #include "objx/prob_loss.h"
@@ -154,7 +155,7 @@ DistillForward distill_rows_forward(const DistillInputs& in) {
   const auto acc = prob_acc_dtype(in.student.scalar_type());
   auto out = allocate_distill_forward(rows, in.student.options().dtype(acc));
   if (rows == 0) return out;
-  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.distill_loss: too many rows (", rows, ")");
+  check_grid_rows("objx.distill_loss", rows);
   auto errors = at::full({2}, rows, in.student.options().dtype(at::kLong));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_forward", [&] {
@@ -200,7 +201,7 @@ at::Tensor distill_rows_shard_sums(const DistillInputs& in, const at::Tensor& ro
   const int64_t rows = in.student.size(0), vocab = in.student.size(1);
   auto sums = at::empty({rows, 2}, row_lse.options());
   if (rows == 0) return sums;
-  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.distill_shard_sums: too many rows (", rows, ")");
+  check_grid_rows("objx.distill_shard_sums", rows);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_shard_sums", [&] {
     using acc_t = acc_type<scalar_t>;

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "block_reduce.cuh"
+#include "launch.cuh"
 #include "objx/acc_type.h"
 #include "objx/math/online_lse.h"
 #include "objx/math/prob_objective.h"
@@ -229,10 +230,6 @@ ErrorSlots error_slots(const at::Tensor& target) {
   return {at::full({3}, target.size(0), target.options())};
 }
 
-void check_rows(int64_t rows) {
-  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.prob_loss: too many rows (", rows, ")");
-}
-
 ProbLossForward prob_loss_forward(const at::Tensor& logits_in, const at::Tensor& target_in,
                                   std::string objective, double param, std::optional<double> min_prob,
                                   std::optional<double> max_prob, int64_t ignore_index,
@@ -247,7 +244,7 @@ ProbLossForward prob_loss_forward(const at::Tensor& logits_in, const at::Tensor&
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   auto out = allocate_prob_loss_forward(rows, logits.options().dtype(prob_acc_dtype(logits.scalar_type())));
   if (rows == 0) return out;
-  check_rows(rows);
+  check_grid_rows("objx.prob_loss", rows);
   auto errors = error_slots(in.target);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_forward", [&] {
@@ -265,7 +262,7 @@ void launch_backward(const at::Tensor& logits, const at::Tensor& target, int64_t
                      const ProbLossSaved& saved, const ProbLossOptions& opt, int64_t vocab, at::Tensor& out) {
   const int64_t rows = logits.size(0);
   if (rows == 0) return;
-  check_rows(rows);
+  check_grid_rows("objx.prob_loss", rows);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -303,7 +300,7 @@ void prob_tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t 
                       const ProbLossOptions& opt, ProbTileState& state) {
   const int64_t rows = tile.size(0);
   if (rows == 0) return;
-  check_rows(rows);
+  check_grid_rows("objx.prob_loss", rows);
   const c10::cuda::CUDAGuard guard(tile.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, tile.scalar_type(), "objx_prob_tile_reduce", [&] {

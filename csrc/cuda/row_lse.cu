@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "block_reduce.cuh"
+#include "launch.cuh"
 #include "objx/acc_type.h"
 #include "objx/math/online_lse.h"
 #include "objx/prob_loss.h"
@@ -39,7 +40,7 @@ at::Tensor row_logsumexp_rows(const at::Tensor& x, double temperature) {
   const int64_t rows = x.size(0), vocab = x.size(1);
   auto out = at::empty({rows}, x.options().dtype(prob_acc_dtype(x.scalar_type())));
   if (rows == 0) return out;
-  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.row_logsumexp: too many rows (", rows, ")");
+  check_grid_rows("objx.row_logsumexp", rows);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "objx_row_logsumexp", [&] {
     using acc_t = acc_type<scalar_t>;

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "block_reduce.cuh"
+#include "launch.cuh"
 #include "objx/acc_type.h"
 #include "objx/math/online_lse.h"
 #include "objx/math/vocab_divergence.h"
@@ -93,10 +94,6 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_backward_kernel(
   }
 }
 
-void check_rows(int64_t rows) {
-  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.vocab_divergence: too many rows (", rows, ")");
-}
-
 // A shard's sums: the row's log-sum-exps come from row_lse (see vocab_divergence_rows_shard_sums).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) vocab_divergence_shard_sums_kernel(
@@ -121,7 +118,7 @@ DivForward vocab_divergence_rows(const DivInputs& in) {
   auto div = at::empty({rows}, acc_opts);
   auto stats = at::empty({rows, math::kDivRowStats}, acc_opts);
   if (rows == 0) return {div, stats};
-  check_rows(rows);
+  check_grid_rows("objx.vocab_divergence", rows);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_vocab_divergence", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -139,7 +136,7 @@ at::Tensor vocab_divergence_rows_backward(const DivInputs& in, const at::Tensor&
   const int64_t rows = in.policy.size(0);
   auto grad = at::empty(in.policy.sizes(), in.policy.options().memory_format(at::MemoryFormat::Contiguous));
   if (rows == 0) return grad;
-  check_rows(rows);
+  check_grid_rows("objx.vocab_divergence", rows);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_vocab_divergence_bwd", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -157,8 +154,7 @@ at::Tensor vocab_divergence_rows_shard_sums(const DivInputs& in, const at::Tenso
   const int64_t rows = in.policy.size(0);
   auto sums = at::empty({rows, 2}, row_lse.options());
   if (rows == 0) return sums;
-  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "objx.vocab_divergence_shard_sums: too many rows (",
-                    rows, ")");
+  check_grid_rows("objx.vocab_divergence", rows);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const auto dtype = in.policy.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "objx_div_shard_sums", [&] {

@@ -3,14 +3,12 @@ vocabulary shard of the logits (or of the LM head) and gets the unsharded loss.
 
 - SFT losses: objx.reference's per-row formula on row statistics objx's kernel computes on the
   shard (objx.vocab_parallel.target_row_stats); no collective in the backward.
-- KL-family distillation (ttm, wttm, kd, forward_kl, reverse_kl): objx's distill kernels on the
-  shard, their row sums renormalised to the whole vocabulary (objx.vocab_parallel.kl_distill_soft);
-  no collective in the backward.
-- kl, reverse_kl, hellinger, bhattacharyya, renyi, alpha divergences: the same with objx's
-  vocab_divergence kernels (objx.vocab_parallel.kernel_divergence).
-- JSD / TVD distillation and the js / tv divergences: objx's kernels on the shard take their sums
-  under the merged whole-vocabulary log-sum-exps (objx.vocab_parallel.sums_distill_soft,
+- Distillation (every method) and the js / tv divergences: objx's kernels on the shard take their
+  row sums under the merged whole-vocabulary log-sum-exps (objx.vocab_parallel.distill_soft,
   sums_divergence); no collective in the backward.
+- kl, reverse_kl, hellinger, bhattacharyya, renyi, alpha divergences: objx's vocab_divergence
+  kernel on the shard, its row sums renormalised to the whole vocabulary
+  (objx.vocab_parallel.kernel_divergence); no collective in the backward.
 - Where a rank's shard is empty (V < P) or the two logits' dtypes differ: objx.reference's
   formulas evaluated through objx.vocab_parallel.ShardedVocabulary in PyTorch, one row block at a
   time under activation checkpointing, so that one block of [rows, V / P] temporaries is alive.
@@ -29,9 +27,9 @@ from ._args import reduce_rows
 from ._tiles import tile_budget_bytes
 from .objective import Objective
 from ._vocabulary import target_logprob_from
-from .vocab_parallel import (KERNEL_DIVERGENCES, KL_DISTILL, SUMS_DISTILL, SUMS_DIVERGENCES, ShardedVocabulary,
-                             check_group, check_targets, compute_dtype, kernel_divergence, kl_distill_soft,
-                             replicated_to_shard, sums_distill_soft, sums_divergence, target_row_stats)
+from .vocab_parallel import (KERNEL_DIVERGENCES, SUMS_DIVERGENCES, ShardedVocabulary, check_group, check_targets,
+                             compute_dtype, distill_soft, kernel_divergence, replicated_to_shard, sums_divergence,
+                             target_row_stats)
 
 # Temporaries the reference formulas keep per logits entry (logits, masked copy, log-softmax, exp).
 _LIVE_COPIES = 6
@@ -132,13 +130,9 @@ def _distill_out(rows, counted, terms, reduction, shape, return_terms):
 
 def _kernel_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, method, temperature, beta, hard_weight,
                          soft_weight):
-    """Distillation from objx's kernels on the shard (objx.vocab_parallel.kl_distill_soft for the KL
-    family, sums_distill_soft for jsd / tvd; the hard term from the SFT row statistics):
-    (rows, counted, terms)."""
-    if method in KL_DISTILL:
-        soft, stats = kl_distill_soft(s, t, method, temperature, vocab)
-    else:
-        soft, stats = sums_distill_soft(s, t, method, temperature, beta, vocab)
+    """Distillation from objx's kernels on the shard (objx.vocab_parallel.distill_soft; the hard term
+    from the SFT row statistics): (rows, counted, terms)."""
+    soft, stats = distill_soft(s, t, method, temperature, beta, vocab)
     u = torch.exp(stats[:, 2] - stats[:, 3] / float(temperature))
     if y is None:
         counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
@@ -151,10 +145,10 @@ def _kernel_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, met
     return torch.where(counted, rows, torch.zeros_like(rows)), counted, {"soft": soft, "hard": hard, "U": u}
 
 
-def _kernels_serve(method: str, vocab: ShardedVocabulary) -> bool:
-    """objx's kernels take the method on every shard; the same answer on every rank, which must
-    issue the same collectives. An empty shard (V < P) takes the reference formulas instead."""
-    return method in KL_DISTILL + SUMS_DISTILL and min(vocab.sizes) > 0
+def _kernels_serve(vocab: ShardedVocabulary) -> bool:
+    """objx's kernels take every shard; the same answer on every rank, which must issue the same
+    collectives. An empty shard (V < P) takes the reference formulas instead."""
+    return min(vocab.sizes) > 0
 
 
 def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], shape, *, ignore_index,
@@ -163,7 +157,7 @@ def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Te
     vocab = ShardedVocabulary(process_group, s.shape[-1], s.device, fn)
     if y is not None:
         check_targets(fn, y, vocab, ignore_index)
-    if _kernels_serve(method_kwargs["method"], vocab) and s.dtype == t.dtype:
+    if _kernels_serve(vocab) and s.dtype == t.dtype:
         return _distill_out(*_kernel_distill_rows(s, t, y, vocab, ignore_index=ignore_index, **method_kwargs),
                             reduction, shape, return_terms)
     dtype = compute_dtype(s, t)
@@ -187,7 +181,7 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
     dtype = compute_dtype(hs, ws)
     h = replicated_to_shard(hs, process_group)
 
-    kernels = _kernels_serve(method_kwargs["method"], vocab)
+    kernels = _kernels_serve(vocab)
 
     def block(h_b, ht_b, y_b):
         with torch.no_grad():
@@ -209,7 +203,7 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
 def vocab_divergence(fn: str, z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, *, process_group):
     check_group(fn, process_group)
     vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
-    if min(vocab.sizes) > 0 and z.dtype == r.dtype:
+    if _kernels_serve(vocab) and z.dtype == r.dtype:
         if kind in KERNEL_DIVERGENCES:
             return kernel_divergence(z, r, kind, div_alpha, mask, vocab)
         if kind in SUMS_DIVERGENCES:

@@ -6,11 +6,11 @@ and every other sum over the vocabulary with SUM, the target's logit by SUM of t
 
 - target_row_stats: per row, the LSE over the non-target tokens, the target logit (and the row
   sum), from objx's kernel on the shard; everything the SFT losses need, with a local backward.
-- kl_distill_soft / kernel_divergence: KL-family distillation and the kl, reverse_kl, hellinger,
-  bhattacharyya, renyi, alpha divergences from objx's kernels on the shard, their shard-normalised
-  sums renormalised to the whole vocabulary; local backward.
-- sums_distill_soft / sums_divergence: jsd / tvd and js / tv, whose terms need each token's
-  whole-vocabulary probability: the shard's sums under the merged log-sum-exps; local backward.
+- distill_soft (every method) / sums_divergence (js, tv): objx's kernels take the shard's sums
+  under the merged whole-vocabulary log-sum-exps; local backward.
+- kernel_divergence: the kl, reverse_kl, hellinger, bhattacharyya, renyi, alpha divergences from
+  objx's kernel on the shard, its shard-normalised sums renormalised to the whole vocabulary (one
+  pass over the shard fewer); local backward.
 - ShardedVocabulary: the objx._vocabulary interface over a shard, so that objx.reference's formulas
   (distillation, divergences) run unchanged on it where the kernels cannot (an empty shard, mixed
   dtypes). A replicated per-row statistic (an LSE) that feeds per-entry terms on every rank has its
@@ -241,9 +241,48 @@ def target_row_stats(z: torch.Tensor, target: torch.Tensor, vocab: ShardedVocabu
                                  bool(want_sum), vocab.group)
 
 
-# Distillation methods whose divergence sum is KL(p || q) or KL(q || p): their per-shard sums can be
-# renormalised to the whole vocabulary (JSD's mixture and TVD's |p - q| cannot).
-KL_DISTILL = ("ttm", "wttm", "kd", "forward_kl", "reverse_kl")
+class _ShardedDistillSoft(torch.autograd.Function):
+    """The soft term of a distillation method per row from objx's kernels on the shard: the shard's
+    log-sum-exps of the compared student (s, or s/T), of t/T and of t, merged (MAX + SUM); the
+    shard's part of the row sums (D, Σ q a) under those whole-vocabulary normalisers, one more SUM.
+    One path for every method: JSD's mixture and TVD's |p − q| need each token's whole-vocabulary
+    probability, and the KL family measured no faster renormalising shard-normalised sums. The
+    backward is the distill kernel's on the merged statistics, local: no collective."""
+
+    @staticmethod
+    def forward(ctx, s, t, method, temperature, beta, group):
+        T = temperature
+        lse = torch.ops.objx.row_logsumexp
+        compared = 1.0 if method in ("ttm", "wttm") else T  # TTM and WTTM compare the untempered student
+        whole, _ = _merge_lse(torch.stack([lse(s, compared), lse(t, T), lse(t, 1.0)], 1), group)
+        sums = _all_reduce(torch.ops.objx.distill_shard_sums(s, t, whole[:, :2].contiguous(), method, T, beta),
+                           "sum", group)
+        # distill_backward's row statistics (lse(s), lse(s/T), lse(t/T), lse(t), D, Σ q a): the kernels
+        # read the compared student's column only, and the hard term is not this function's.
+        stats = torch.stack([whole[:, 0], whole[:, 0], whole[:, 1], whole[:, 2], sums[:, 0], sums[:, 1]], 1)
+        ctx.save_for_backward(s, t, stats)
+        ctx.options = (method, T, beta)
+        div = sums[:, 0]
+        if method == "wttm":
+            return torch.exp(whole[:, 1] - whole[:, 2] / T) * div, stats
+        return (T * T * div if method == "kd" else div), stats
+
+    @staticmethod
+    def backward(ctx, g_soft, _g_stats):
+        s, t, stats = ctx.saved_tensors
+        counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)  # no target: every row counts
+        method, T, beta = ctx.options
+        grad = torch.ops.objx.distill_backward(g_soft.contiguous(), s, t, None, stats, counted, method, T, beta, 0.0,
+                                               1.0, -100)
+        return grad, None, None, None, None, None
+
+
+def distill_soft(s: torch.Tensor, t: torch.Tensor, method: str, temperature: float, beta: float,
+                 vocab: ShardedVocabulary):
+    """(soft term per row, whole-vocabulary row statistics [N, 6])."""
+    soft, stats = _ShardedDistillSoft.apply(s.contiguous(), t.detach().contiguous(), method, float(temperature),
+                                            float(beta), vocab.group)
+    return soft, stats.detach()
 
 
 def _log_share(local_lse: torch.Tensor, global_lse: torch.Tensor) -> torch.Tensor:
@@ -256,91 +295,6 @@ def _whole_kl_term(local_kl: torch.Tensor, log_w: torch.Tensor, log_v: torch.Ten
     and its shares w, v of p's and q's mass: w (D_r + log w - log v); 0 for a shard without p's mass."""
     term = torch.exp(log_w) * (local_kl + log_w - log_v)
     return torch.where(torch.isfinite(log_w), term, torch.zeros_like(term))
-
-
-class _ShardedKlDistillSoft(torch.autograd.Function):
-    """The soft term of a KL-family distillation method per row, from objx's distill kernel on the
-    shard. The kernel's local row statistics (four LSEs over the shard, the divergence sum under the
-    shard's own normalisation) become the whole vocabulary's: the LSEs by MAX + SUM, and with w_r,
-    v_r the shard's shares of p's and q's mass, D = Σ_r w_r (D_r + log w_r − log v_r) (KL(p||q); p
-    and q swap for reverse_kl) by one more SUM. The backward is the kernel's, local, from those
-    whole-vocabulary statistics."""
-
-    @staticmethod
-    def forward(ctx, s, t, method, temperature, group):
-        _loss, _soft, _hard, local, counted = torch.ops.objx.distill_forward(
-            s, t, None, method, temperature, 0.5, 0.0, 1.0, -100)
-        whole, _ = _merge_lse(local[:, :4], group)  # lse(s), lse(s/T), lse(t/T), lse(t)
-        q_col = 0 if method in ("ttm", "wttm") else 1  # the student compared: at T = 1 or at T
-        log_w = _log_share(local[:, 2], whole[:, 2])
-        log_v = _log_share(local[:, q_col], whole[:, q_col])
-        if method == "reverse_kl":
-            log_w, log_v = log_v, log_w
-        div = _all_reduce(_whole_kl_term(local[:, 4], log_w, log_v), "sum", group)
-        stats = torch.cat([whole, div[:, None], torch.zeros_like(div)[:, None]], 1)
-        ctx.save_for_backward(s, t, stats, counted)
-        ctx.method, ctx.temperature = method, temperature
-        T = temperature
-        if method == "wttm":
-            return torch.exp(whole[:, 2] - whole[:, 3] / T) * div, stats
-        return (T * T * div if method == "kd" else div), stats
-
-    @staticmethod
-    def backward(ctx, g_soft, _g_stats):
-        s, t, stats, counted = ctx.saved_tensors
-        grad = torch.ops.objx.distill_backward(g_soft.contiguous(), s, t, None, stats, counted, ctx.method,
-                                               ctx.temperature, 0.5, 0.0, 1.0, -100)
-        return grad, None, None, None, None
-
-
-def kl_distill_soft(s: torch.Tensor, t: torch.Tensor, method: str, temperature: float, vocab: ShardedVocabulary):
-    """(soft term per row, whole-vocabulary row statistics [N, 6]) for a KL-family method."""
-    soft, stats = _ShardedKlDistillSoft.apply(s.contiguous(), t.detach().contiguous(), method, float(temperature),
-                                              vocab.group)
-    return soft, stats.detach()
-
-
-# Methods whose per-entry terms need the whole vocabulary's normalisation (JSD's mixture, TVD's
-# |p − q|): the shard's sums are taken under the merged log-sum-exps instead.
-SUMS_DISTILL = ("jsd", "tvd")
-
-
-class _ShardedSumsDistillSoft(torch.autograd.Function):
-    """The soft term of jsd / tvd per row from objx's kernels on the shard: the shard's log-sum-exps
-    of s/T, t/T and t, merged (MAX + SUM); then the shard's part of the row sums (D, Σ q a) under
-    those whole-vocabulary normalisers, one more SUM. The backward is the distill kernel's on the
-    merged statistics, local: no collective."""
-
-    @staticmethod
-    def forward(ctx, s, t, method, temperature, beta, group):
-        T = temperature
-        lse = torch.ops.objx.row_logsumexp
-        whole, _ = _merge_lse(torch.stack([lse(s, T), lse(t, T), lse(t, 1.0)], 1), group)
-        sums = _all_reduce(torch.ops.objx.distill_shard_sums(s, t, whole[:, :2].contiguous(), method, T, beta),
-                           "sum", group)
-        # distill_backward's row statistics (lse(s), lse(s/T), lse(t/T), lse(t), D, Σ q a). Its lse(s)
-        # serves only TTM/WTTM and the hard term, neither of which these methods' soft term reaches.
-        stats = torch.stack([whole[:, 0], whole[:, 0], whole[:, 1], whole[:, 2], sums[:, 0], sums[:, 1]], 1)
-        ctx.save_for_backward(s, t, stats)
-        ctx.options = (method, T, beta)
-        return sums[:, 0], stats
-
-    @staticmethod
-    def backward(ctx, g_soft, _g_stats):
-        s, t, stats = ctx.saved_tensors
-        counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
-        method, T, beta = ctx.options
-        grad = torch.ops.objx.distill_backward(g_soft.contiguous(), s, t, None, stats, counted, method, T, beta, 0.0,
-                                               1.0, -100)
-        return grad, None, None, None, None, None
-
-
-def sums_distill_soft(s: torch.Tensor, t: torch.Tensor, method: str, temperature: float, beta: float,
-                      vocab: ShardedVocabulary):
-    """(soft term per row, whole-vocabulary row statistics [N, 6]) for jsd or tvd."""
-    soft, stats = _ShardedSumsDistillSoft.apply(s.contiguous(), t.detach().contiguous(), method, float(temperature),
-                                                float(beta), vocab.group)
-    return soft, stats.detach()
 
 
 # Vocabulary divergences whose row sums renormalise from shards: with w_r, v_r the shard's shares of
@@ -400,7 +354,7 @@ class _ShardedVocabDivergence(torch.autograd.Function):
         return g, None, None, None, None, None
 
 
-# Divergences whose per-entry terms need the whole vocabulary's normalisation (see SUMS_DISTILL).
+# Divergences whose per-entry terms need the whole vocabulary's normalisation (JS's mixture, TV's |p − q|).
 SUMS_DIVERGENCES = ("js", "tv")
 
 

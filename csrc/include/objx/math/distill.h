@@ -60,7 +60,7 @@ OBJX_HD ProbPair<acc_t> prob_pair(acc_t log_p, acc_t log_q) {
 // x (log_x - log_y) from x = e^{log_x}, 0 where x is exactly 0 (log_x = -inf): an entry of
 // probability 0 contributes nothing.
 template <typename acc_t>
-OBJX_HD acc_t xlogratio_from(acc_t x, acc_t log_x, acc_t log_y) {
+OBJX_HD acc_t xlogratio(acc_t x, acc_t log_x, acc_t log_y) {
   return log_x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : x * (log_x - log_y);
 }
 
@@ -107,7 +107,7 @@ template <typename acc_t>
 OBJX_HD JsdEntry<acc_t> jsd_entry(acc_t beta, const ProbPair<acc_t>& e) {
   const acc_t log_m = log_mixture_of(beta, e);
   const acc_t term =
-      beta * xlogratio_from(e.p, e.log_p, log_m) + (acc_t(1) - beta) * xlogratio_from(e.q, e.log_q, log_m);
+      beta * xlogratio(e.p, e.log_p, log_m) + (acc_t(1) - beta) * xlogratio(e.q, e.log_q, log_m);
   const acc_t a = e.log_q == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : (acc_t(1) - beta) * (e.log_q - log_m);
   return {term, a};
 }
@@ -119,7 +119,7 @@ OBJX_HD void distill_terms(const DistillParams<acc_t>& prm, const ProbPair<acc_t
   using std::fabs;
   qa = acc_t(0);
   switch (prm.method) {
-    case DistillMethod::kReverseKl: term = xlogratio_from(e.q, e.log_q, e.log_p); break;
+    case DistillMethod::kReverseKl: term = xlogratio(e.q, e.log_q, e.log_p); break;
     case DistillMethod::kJsd: {
       const JsdEntry<acc_t> j = jsd_entry(prm.beta, e);
       term = j.term;
@@ -130,7 +130,7 @@ OBJX_HD void distill_terms(const DistillParams<acc_t>& prm, const ProbPair<acc_t
       term = acc_t(0.5) * fabs(e.p - e.q);
       qa = e.q * half_sign_diff(e.q, e.p);
       break;
-    default: term = xlogratio_from(e.p, e.log_p, e.log_q);  // KL(p || q): ttm, wttm, kd, forward_kl
+    default: term = xlogratio(e.p, e.log_p, e.log_q);  // KL(p || q): ttm, wttm, kd, forward_kl
   }
 }
 

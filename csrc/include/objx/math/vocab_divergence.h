@@ -6,7 +6,7 @@
 #include <cmath>
 #include <limits>
 
-#include "objx/math/distill.h"  // ProbPair, xlogratio_from, log_mixture_of, half_sign_diff
+#include "objx/math/distill.h"  // ProbPair, xlogratio, log_mixture_of, half_sign_diff
 #include "objx/math/hd.h"
 
 namespace objx::math {
@@ -47,12 +47,12 @@ OBJX_HD void div_terms(const DivParams<acc_t>& prm, const ProbPair<acc_t>& e, ac
   using std::fabs;
   agg = pa = acc_t(0);
   switch (prm.kind) {
-    case DivKind::kKl: agg = xlogratio_from(e.p, e.log_p, e.log_q); break;
-    case DivKind::kReverseKl: agg = xlogratio_from(e.q, e.log_q, e.log_p); break;
+    case DivKind::kKl: agg = xlogratio(e.p, e.log_p, e.log_q); break;
+    case DivKind::kReverseKl: agg = xlogratio(e.q, e.log_q, e.log_p); break;
     case DivKind::kJs: {
       const acc_t log_m = log_mixture_of(acc_t(0.5), e);
-      const acc_t p_term = xlogratio_from(e.p, e.log_p, log_m);
-      agg = acc_t(0.5) * (p_term + xlogratio_from(e.q, e.log_q, log_m));
+      const acc_t p_term = xlogratio(e.p, e.log_p, log_m);
+      agg = acc_t(0.5) * (p_term + xlogratio(e.q, e.log_q, log_m));
       pa = acc_t(0.5) * p_term;
       break;
     }
