@@ -8,7 +8,20 @@ TORCH_SPEC ?= torch==2.14.1
 DEPS_STAMP := $(VENV)/.objx-deps
 BENCH_OUT ?= bench/out/bench-$(shell date +%Y%m%d-%H%M%S).json
 
-.PHONY: build test bench clean
+# The simulation build (OBJX_CUDA_SIM): the CUDA kernel sources compiled by the host compiler
+# against csrc/sim, in its own build folder and install target, shadowing the normal install only
+# for the tests it runs. SANITIZE=address adds AddressSanitizer (CI runs SIM_TESTS_ASAN then).
+SANITIZE ?=
+SIM_DIR := build/cuda-sim$(if $(SANITIZE),-$(SANITIZE))
+SIM_SITE := $(SIM_DIR)/site
+SIM_REPORT := $(SIM_DIR)/launches.json
+SIM_TESTS ?= tests
+SIM_ENV := PYTHONPATH=$(abspath $(SIM_SITE)) OBJX_CUDA_SIM_REPORT=$(abspath $(SIM_REPORT))
+ifeq ($(SANITIZE),address)
+SIM_ENV += LD_PRELOAD=$(shell $(CXX) -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0
+endif
+
+.PHONY: build test bench clean build-cuda-sim test-cuda-sim
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +37,17 @@ build: $(DEPS_STAMP)
 
 test: build
 	$(BIN)/python -m pytest -q
+
+build-cuda-sim: $(DEPS_STAMP)
+	$(BIN)/python -m pip install -q --no-build-isolation --no-deps --upgrade --target $(SIM_SITE) \
+	  -C build-dir=$(SIM_DIR)/build -C cmake.define.OBJX_CUDA_SIM=ON -C cmake.define.OBJX_SANITIZE=$(SANITIZE) .
+
+# The suite against the CUDA kernels, then (tests/sim/test_launches.py) every kernel of csrc was
+# launched for every dtype it is instantiated for.
+test-cuda-sim: build-cuda-sim
+	rm -f $(SIM_REPORT)
+	$(SIM_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider $(SIM_TESTS) --deselect tests/sim/test_launches.py
+	$(SIM_ENV) OBJX_SIM_CHECK_LAUNCHES=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/sim/test_launches.py
 
 bench: build
 	mkdir -p $(dir $(BENCH_OUT))

@@ -5,8 +5,8 @@ resident, so a second measurement in one process reads low):
     for i in objx objx-recompute logits+objx eager; do python bench/distill_memory.py $i; done
 """
 import sys, time, json, torch
-from objx.bench import make_two_heads, linear_distill_implementations, fwd_bwd_once
-from objx._memory import peak_extra_bytes
+from objx.tools.bench import make_two_heads, linear_distill_implementations, fwd_bwd_once
+from objx.tools.memory import peak_extra_bytes
 dev = torch.device("cpu")
 bases, extra = make_two_heads(4096, 1024, 65536, torch.float32, dev)
 fn, clone = linear_distill_implementations("ttm", dev, use_compile=False)[sys.argv[1]]

@@ -16,4 +16,9 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_compiled") = false;
 #endif
   m.attr("cuda_archs") = OBJX_CUDA_ARCHS;
+#ifdef OBJX_CUDA_SIM
+  m.attr("cuda_sim") = true;  // the CUDA kernels serve CPU tensors through csrc/sim
+#else
+  m.attr("cuda_sim") = false;
+#endif
 }

@@ -12,9 +12,10 @@ TORCH_LIBRARY(objx, m) {
       "prob_loss_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor lse, "
       "Tensor token_logprob, Tensor counted, str objective, float objective_param, int ignore_index, "
       "float label_smoothing, float z_loss, float? softcap) -> Tensor");
-  // SPEC §1, fused linear variant: logits = hidden @ weight.T + bias, built one vocab_chunk-wide
-  // tile at a time. With grad_in_forward the gradients of sum_r loss[r] (for hidden, weight in
-  // float32/64 and bias) come out of the forward (empty otherwise).
+  // SPEC §1.1, fused linear variant: logits = hidden @ weight.T + bias, built one vocabulary tile of
+  // vocab_chunk columns at a time (the Python keyword tile_size). With grad_in_forward the gradients
+  // of sum_r loss[r] (for hidden, weight in float32/64 and bias) come out of the forward (empty
+  // otherwise).
   m.def(
       "linear_prob_loss_forward(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, str objective, "
       "float objective_param, float? min_prob, float? max_prob, int ignore_index, float label_smoothing, "
@@ -36,7 +37,7 @@ TORCH_LIBRARY(objx, m) {
       "distill_backward(Tensor grad_loss, Tensor student_logits, Tensor teacher_logits, Tensor? target, "
       "Tensor stats, Tensor counted, str method, float temperature, float beta, float hard_weight, "
       "float soft_weight, int ignore_index) -> Tensor");
-  // SPEC §2, fused linear variant: blocks of chunk rows get their student and teacher logits from
+  // SPEC §2.1, fused linear variant: blocks of row_block rows get their student and teacher logits from
   // the two LM heads; the outputs are distill_forward's, plus (grad_in_forward) the student head's
   // gradients of sum_r loss[r] in the accumulation dtype (empty otherwise).
   m.def(

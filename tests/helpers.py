@@ -1,4 +1,4 @@
-"""Inputs and tolerances shared by the tests (SPEC §5)."""
+"""Inputs and tolerances shared by the tests (SPEC §5; SPEC is docs/SPEC.md throughout the suite)."""
 
 import torch
 

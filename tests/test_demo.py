@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 
-from objx import demo, select
-from objx.demo import language
-from objx.demo.experiment import Case, CaseResult
+from objx import select
+from objx.tools import demo
+from objx.tools.demo import language
+from objx.tools.demo.experiment import Case, CaseResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.cpu_only

@@ -23,7 +23,7 @@ def check(hs, ws, bs, ht, wt, bt, target, reduction="mean", **kw):
     ref_in = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in (hs, ws, bs)]
     ours = objx.linear_distill_loss(ours_in[0], ours_in[1], ht, wt, target, student_bias=ours_in[2],
                                     teacher_bias=bt, reduction=reduction, **kw)
-    ref_kw = {k: v for k, v in kw.items() if k not in ("chunk_size", "grad_in_forward")}
+    ref_kw = {k: v for k, v in kw.items() if k not in ("row_block", "grad_in_forward")}
     cpu = lambda t: None if t is None else t.double().cpu()  # noqa: E731
     ref = objx.reference.linear_distill_loss(ref_in[0], ref_in[1], cpu(ht), cpu(wt), target.cpu() if target is not None
                                              else None, student_bias=ref_in[2], teacher_bias=cpu(bt),
@@ -45,20 +45,20 @@ def test_matches_reference(device, method, dtype, grad_in_forward):
     hs, ws, bs, ht, wt, bt, target = make_heads(20, 16, 24, 700, dtype=dtype, device=device)
     target[3] = -100
     check(hs, ws, bs, ht, wt, bt, target, method=method, temperature=2.0, beta=0.3, hard_weight=0.5,
-          soft_weight=1.5, chunk_size=6, grad_in_forward=grad_in_forward)
+          soft_weight=1.5, row_block=6, grad_in_forward=grad_in_forward)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_reductions_no_target_no_bias(device, reduction):
     hs, ws, _, ht, wt, _, _ = make_heads(9, 8, 8, 300, device=device, bias=False)
     check(hs, ws, None, ht, wt, None, None, reduction=reduction, method="jsd", temperature=1.5, hard_weight=0.0,
-          chunk_size=4)
+          row_block=4)
 
 
 def test_matches_logits_version(device):
     hs, ws, bs, ht, wt, bt, target = make_heads(12, 8, 8, 400, dtype=torch.float64, device=device)
     fused = objx.linear_distill_loss(hs, ws, ht, wt, target, student_bias=bs, teacher_bias=bt, method="wttm",
-                                     temperature=3.0, reduction="none", chunk_size=5)
+                                     temperature=3.0, reduction="none", row_block=5)
     plain = objx.distill_loss(hs @ ws.T + bs, ht @ wt.T + bt, target, method="wttm", temperature=3.0,
                               reduction="none")
     assert_close(fused, plain, 1e-12, "fused vs logits")
@@ -82,7 +82,7 @@ def test_gradcheck(device):
     inputs = tuple(t.clone().requires_grad_() for t in (hs, ws, bs))
     assert torch.autograd.gradcheck(
         lambda h, w, b: objx.linear_distill_loss(h, w, ht, wt, target, student_bias=b, teacher_bias=bt,
-                                                 method="jsd", temperature=2.0, chunk_size=3,
+                                                 method="jsd", temperature=2.0, row_block=3,
                                                  grad_in_forward=False), inputs)
 
 
@@ -99,7 +99,7 @@ def test_opcheck(device, grad_in_forward):
 
 
 def test_compile_fullgraph(device):
-    module = objx.LinearDistillLoss("ttm", temperature=2.0, chunk_size=4)
+    module = objx.LinearDistillLoss("ttm", temperature=2.0, row_block=4)
     compiled = torch.compile(module, fullgraph=True)
     hs, ws, _, ht, wt, _, target = make_heads(8, 4, 4, 64, device=device, bias=False)
     grads = []
@@ -125,4 +125,14 @@ def test_bad_inputs(device):
     bad = target.clone()
     bad[1] = 20
     with pytest.raises(IndexError, match=r"target\[1\] = 20 is outside"):
-        objx.linear_distill_loss(hs, ws, ht, wt, bad, chunk_size=2)
+        objx.linear_distill_loss(hs, ws, ht, wt, bad, row_block=2)
+
+
+def test_chunk_size_is_a_deprecated_alias_of_row_block(device):
+    hs, ws, _, ht, wt, _, _ = make_heads(10, 6, 5, 40, device=device, bias=False)
+    expected = objx.linear_distill_loss(hs, ws, ht, wt, hard_weight=0.0, reduction="none", row_block=3)
+    with pytest.warns(DeprecationWarning, match="pass row_block=3"):
+        got = objx.linear_distill_loss(hs, ws, ht, wt, hard_weight=0.0, reduction="none", chunk_size=3)
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="row_block must be an integer > 0"):
+        objx.linear_distill_loss(hs, ws, ht, wt, hard_weight=0.0, row_block=0)

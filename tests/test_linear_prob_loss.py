@@ -25,7 +25,7 @@ def run_both(hidden, weight, target, bias, objective, reduction="mean", **kw):
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
     refs = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
     ours = objx.linear_prob_loss(leaves[0], leaves[1], target, leaves[2], objective, reduction=reduction, **kw)
-    ref_kw = {k: v for k, v in kw.items() if k not in ("chunk_size", "grad_in_forward")}
+    ref_kw = {k: v for k, v in kw.items() if k not in ("tile_size", "grad_in_forward")}
     ref = objx.reference.linear_prob_loss(refs[0], refs[1], target.cpu(), refs[2], objective,
                                           reduction=reduction, **ref_kw)
     up = torch.rand(ref.shape, dtype=torch.float64) + 0.5 if reduction == "none" else torch.ones(())
@@ -57,35 +57,35 @@ def test_matches_reference(device, objective, dtype, bias, grad_in_forward):
         logits = hidden.double() @ weight.double().T + (0 if b is None else b.double())
         p = torch.softmax(logits, -1).gather(1, target.clamp(min=0)[:, None]).squeeze(1)
         target[(p - 0.2).abs() < 0.05] = -100
-    check(hidden, weight, target, b, objective, chunk_size=384, grad_in_forward=grad_in_forward, z_loss=1e-3)
+    check(hidden, weight, target, b, objective, tile_size=384, grad_in_forward=grad_in_forward, z_loss=1e-3)
 
 
 @pytest.mark.parametrize("options", [{"label_smoothing": 0.1}, {"softcap": 10.0}, {"max_prob": 0.9}])
 def test_options(device, options):
     hidden, weight, target, b = make_head(24, 16, 700, device=device, bias=True)
-    check(hidden, weight, target, b, "nll", chunk_size=256, **options)
+    check(hidden, weight, target, b, "nll", tile_size=256, **options)
 
 
 def test_reduction_none_gives_per_row_gradients(device):
     hidden, weight, target, b = make_head(30, 16, 900, device=device, bias=True)
     target[::4] = -100
-    check(hidden, weight, target, b, "-p", reduction="none", chunk_size=256)
+    check(hidden, weight, target, b, "-p", reduction="none", tile_size=256)
     with pytest.raises(ValueError, match="grad_in_forward needs reduction"):
         objx.linear_prob_loss(hidden.requires_grad_(), weight, target, reduction="none", grad_in_forward=True)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-@pytest.mark.parametrize("chunk_size", [1, 255, 256, 1000, 5000])
-def test_chunk_sizes_including_not_dividing_v(device, chunk_size, reduction):
+@pytest.mark.parametrize("tile_size", [1, 255, 256, 1000, 5000])
+def test_tile_sizes_including_not_dividing_v(device, tile_size, reduction):
     hidden, weight, target, b = make_head(12, 8, 1000, device=device, bias=True)
-    check(hidden, weight, target, b, "log1m", reduction=reduction, chunk_size=chunk_size)
-    check(hidden, weight, target, b, "log1m", reduction=reduction, chunk_size=chunk_size, grad_in_forward=True)
+    check(hidden, weight, target, b, "log1m", reduction=reduction, tile_size=tile_size)
+    check(hidden, weight, target, b, "log1m", reduction=reduction, tile_size=tile_size, grad_in_forward=True)
 
 
 def test_parity_with_materialised_logits(device):
     hidden, weight, target, b = make_head(33, 24, 2000, device=device, bias=True)
     target[0] = -100
-    fused = objx.linear_prob_loss(hidden, weight, target, b, "-p^10", reduction="none", chunk_size=512)
+    fused = objx.linear_prob_loss(hidden, weight, target, b, "-p^10", reduction="none", tile_size=512)
     plain = objx.prob_loss(hidden @ weight.T + b, target, "-p^10", reduction="none")
     assert_close(fused, plain, 1e-5, "fused vs materialised")
 
@@ -123,7 +123,7 @@ def test_linear_token_logprobs(device):
     hidden, weight, target, b = make_head(20, 16, 500, dtype=torch.float64, device=device, bias=True)
     target[2] = -100
     h = hidden.clone().requires_grad_()
-    got = objx.linear_token_logprobs(h, weight, target, b, chunk_size=128)
+    got = objx.linear_token_logprobs(h, weight, target, b, tile_size=128)
     logits = hidden @ weight.T + b
     expected = torch.log_softmax(logits, -1).gather(1, target.clamp(min=0)[:, None]).squeeze(1)
     expected[2] = 0
@@ -140,12 +140,12 @@ def test_gradcheck(device):
     target[1] = -100
     inputs = tuple(t.clone().requires_grad_() for t in (hidden, weight, b))
     assert torch.autograd.gradcheck(
-        lambda h, w, bb: objx.linear_prob_loss(h, w, target, bb, "-p^10", chunk_size=16, z_loss=1e-2,
+        lambda h, w, bb: objx.linear_prob_loss(h, w, target, bb, "-p^10", tile_size=16, z_loss=1e-2,
                                                reduction="none"), inputs)
     # grad_in_forward=True runs its backward once (gradcheck calls it repeatedly); its gradients are
     # checked against the float64 reference in test_matches_reference.
     assert torch.autograd.gradcheck(
-        lambda h, w, bb: objx.linear_prob_loss(h, w, target, bb, "log1m", chunk_size=16, grad_in_forward=False),
+        lambda h, w, bb: objx.linear_prob_loss(h, w, target, bb, "log1m", tile_size=16, grad_in_forward=False),
         inputs)
 
 
@@ -163,7 +163,7 @@ def test_opcheck(device, grad_in_forward):
 
 
 def test_compile_fullgraph(device):
-    module = objx.LinearProbLoss("-p", chunk_size=64)
+    module = objx.LinearProbLoss("-p", tile_size=64)
     compiled = torch.compile(module, fullgraph=True)
     hidden, weight, target, _ = make_head(10, 8, 200, device=device)
     grads = []
@@ -183,14 +183,15 @@ def test_bad_inputs(device):
         (dict(weight=weight.double()), TypeError, "weight is torch.float64|weight is Double"),
         (dict(target=target[:3]), ValueError, "target must have shape"),
         (dict(target=target.int()), TypeError, "target must be int64"),
-        (dict(chunk_size=0), ValueError, "chunk_size must be > 0"),
+        (dict(tile_size=0), ValueError, "tile_size must be an integer > 0"),
+        (dict(tile_size=2.5), ValueError, "tile_size must be an integer > 0"),
     ]
     for change, exc, match in cases:
         kw = dict(hidden=hidden, weight=weight, target=target, bias=b)
         kw.update(change)
-        chunk = kw.pop("chunk_size", None)
+        tile = kw.pop("tile_size", None)
         with pytest.raises(exc, match=match):
-            objx.linear_prob_loss(kw["hidden"], kw["weight"], kw["target"], kw["bias"], chunk_size=chunk)
+            objx.linear_prob_loss(kw["hidden"], kw["weight"], kw["target"], kw["bias"], tile_size=tile)
     bad = target.clone()
     bad[4] = 20
     with pytest.raises(IndexError, match=r"target\[4\] = 20 is outside \[0, 20\)"):
@@ -211,3 +212,13 @@ def test_grad_in_forward_backward_runs_once(device):
     loss2.backward(retain_graph=True)
     loss2.backward()
     assert_close(h2.grad, 2 * first, 1e-5, "recompute mode differentiates twice")
+
+
+def test_chunk_size_is_a_deprecated_alias_of_tile_size(device):
+    hidden, weight, target, b = make_head(12, 8, 300, device=device, bias=True)
+    expected = objx.linear_prob_loss(hidden, weight, target, b, "-p", reduction="none", tile_size=64)
+    with pytest.warns(DeprecationWarning, match="pass tile_size=64"):
+        got = objx.linear_prob_loss(hidden, weight, target, b, "-p", reduction="none", chunk_size=64)
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="pass tile_size only"):
+        objx.linear_prob_loss(hidden, weight, target, b, tile_size=64, chunk_size=64)

@@ -1,7 +1,7 @@
 import pytest
 
 from objx import Objective
-from objx.objective import resolve_objective
+from objx.sft.objective import resolve_objective
 
 
 @pytest.mark.parametrize("spec, kind, alpha, min_prob", [

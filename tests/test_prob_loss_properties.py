@@ -38,7 +38,7 @@ def test_linear_prob_loss_matches_reference(rows, dim, vocab, chunk, objective, 
     weight = torch.randn(vocab, dim, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(vocab, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
     target = torch.randint(0, vocab, (rows,), generator=g)
-    ours = objx.linear_prob_loss(hidden, weight, target, b, objective, chunk_size=chunk,
+    ours = objx.linear_prob_loss(hidden, weight, target, b, objective, tile_size=chunk,
                                  grad_in_forward=grad_in_forward)
     leaves = [t for t in (hidden, weight, b) if t is not None]
     ours_grads = torch.autograd.grad(ours, leaves)

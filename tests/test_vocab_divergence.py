@@ -160,7 +160,7 @@ def test_wasserstein(device):
     far = objx.vocab_divergence(-ref, ref, "wasserstein", token_embeddings=emb)
     assert (same < 1e-2).all() and (same < d).all() and (d < far).all()  # only the entropic bias at p = q
     # batched over rows: each row equals its own computation
-    from objx.wasserstein import wasserstein_divergence
+    from objx.dpo.wasserstein import wasserstein_divergence
     rows = torch.stack([wasserstein_divergence(policy[i:i + 1], ref[i:i + 1], emb)[0] for i in range(6)])
     assert_close(d.detach(), rows, 1e-5, "batched vs per row")
     d.sum().backward()

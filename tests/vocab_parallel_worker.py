@@ -68,17 +68,17 @@ def _grad_of(out, inputs):
 def _grad_local(c: Checker, what, out, inputs):
     """_grad_of, checking SPEC §4's "the backward of a logits-input loss has no collective": no
     all-reduce while autograd runs the sharded loss's backward."""
-    real, calls = objx.vocab_parallel._all_reduce, []
+    real, calls = objx.parallel.vocab._all_reduce, []
 
     def counting(*args, **kwargs):
         calls.append(args[1])
         return real(*args, **kwargs)
 
-    objx.vocab_parallel._all_reduce = counting
+    objx.parallel.vocab._all_reduce = counting
     try:
         grads = _grad_of(out, inputs)
     finally:
-        objx.vocab_parallel._all_reduce = real
+        objx.parallel.vocab._all_reduce = real
     c.count += 1
     if calls:
         c.failures.append(f"{what}: the backward issued all-reduces {calls}")
@@ -170,7 +170,7 @@ def check_linear(c: Checker, group):
                 g_ref = _grad_of(ref, [hf, wf, bf])
                 hs, ws, bs = _leaf(h), _leaf(w[part]), _leaf(b[part])
                 out = objx.linear_prob_loss(hs, ws, y, bs, objective, reduction=reduction, process_group=group,
-                                            chunk_size=4)  # three row blocks
+                                            tile_size=11)  # row blocks of 11 * 11 // 29 = 4 rows: three
                 gs = _grad_of(out, [hs, ws, bs])
                 c.close(what + " loss", out, ref, tol_loss)
                 c.close(what + " grad_hidden", gs[0], g_ref[0], tol_grad)
@@ -250,7 +250,7 @@ def check_distill(c: Checker, group):
             g_ref = _grad_of(ref, [hf, wf])
             hsh, wsh = _leaf(hs), _leaf(ws[part])
             out = objx.linear_distill_loss(hsh, wsh, ht, wt[part], method=method, temperature=1.5, hard_weight=0.0,
-                                           process_group=group, chunk_size=4)
+                                           process_group=group, row_block=4)
             gs = _grad_of(out, [hsh, wsh])
             c.close(what + " loss", out, ref, 1e-10)
             c.close(what + " grad_hidden", gs[0], g_ref[0], 1e-10)
@@ -366,7 +366,7 @@ def main(rank, world, port, seed, out, device="cpu"):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     # Row blocks of about 3 rows (at V / P around 15), so that every blocked path runs several blocks.
-    objx.sharded_losses.BLOCK_BYTES = 3 * 6 * 4 * 15
+    objx.parallel.losses.BLOCK_BYTES = 3 * 6 * 4 * 15
     c = Checker(rank, world, seed, device)
     group = dist.group.WORLD
     checks = [check_prob_loss, check_linear, check_distill, check_divergence, check_errors]

@@ -1,18 +1,21 @@
-"""objx: fused, vocabulary-chunked training losses for LLM post-training."""
+"""objx: fused, vocabulary-chunked training losses for LLM post-training.
 
-from . import _ops  # noqa: F401  (registers the ops and their autograd)
-from . import kernels, reference, select
+The API by family: objx.sft (SPEC §1), objx.distill (§2), objx.dpo (§3), objx.parallel (§4);
+objx.reference (the float64 reference of every loss), objx.select (§6), objx.integrations;
+objx.tools (bench, CLI, demo)."""
+
+from . import reference, select
 from ._build import build_info
-from .distill import DistillLoss, distill_loss
-from .dpo_kernel_loss import dpo_kernel_loss
-from .dpo_kernel_module import DPOKernelLoss
-from .f_divergence import f_divergence_score
-from .linear_distill import LinearDistillLoss, linear_distill_loss
-from .linear_prob_loss import LinearProbLoss, linear_prob_loss, linear_token_logprobs
-from .objective import Objective
-from .prob_loss import ProbLoss, prob_loss
-from .token_logprobs import token_logprobs
-from .vocab_divergence import vocab_divergence
+from .distill.linear import LinearDistillLoss, linear_distill_loss
+from .distill.logits import DistillLoss, distill_loss
+from . import kernels
+from .dpo.divergence import vocab_divergence
+from .dpo.f_divergence import f_divergence_score
+from .dpo.loss import dpo_kernel_loss
+from .dpo.module import DPOKernelLoss
+from .sft.linear import LinearProbLoss, linear_prob_loss, linear_token_logprobs
+from .sft.logits import ProbLoss, prob_loss, token_logprobs
+from .sft.objective import Objective
 
 __version__ = build_info()["version"]
 

@@ -1,5 +1,5 @@
 """How a loss formula reduces over the vocabulary. The reference losses are written once against
-this interface; WHOLE reduces over complete rows, objx.vocab_parallel.ShardedVocabulary over
+this interface; WHOLE reduces over complete rows, objx.parallel.vocab.ShardedVocabulary over
 vocabulary shards held by the ranks of a process group (SPEC §4)."""
 
 import torch

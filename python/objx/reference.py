@@ -1,13 +1,13 @@
-"""Pure-PyTorch reference of every objx loss, written straight from SPEC.md for tests and for
+"""Pure-PyTorch reference of every objx loss, written straight from docs/SPEC.md for tests and for
 debugging: slow, materialises the full softmax, float64 by default, differentiable by autograd."""
 
 from typing import Optional, Union
 
 import torch
 
-from ._args import check_reduction, flatten_rows, reduce_rows
+from ._rows import check_reduction, flatten_rows, reduce_rows
 from ._vocabulary import WHOLE, target_logprob_from
-from .objective import Objective, resolve_objective
+from .sft.objective import Objective, resolve_objective
 
 
 def _objective_value(obj: Objective, logp: torch.Tensor) -> torch.Tensor:
@@ -28,7 +28,7 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
               z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
               dtype: torch.dtype = torch.float64, vocab=WHOLE):
     """SPEC §1 in plain PyTorch, computed in `dtype` (float64 by default). `vocab` says how sums over
-    the vocabulary are taken: whole rows, or a vocabulary-parallel shard (objx.vocab_parallel)."""
+    the vocabulary are taken: whole rows, or a vocabulary-parallel shard (objx.parallel.vocab)."""
     check_reduction(reduction)
     obj = resolve_objective(objective, alpha, min_prob, max_prob)
     z, y = flatten_rows("objx.reference.prob_loss", logits, target)

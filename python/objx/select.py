@@ -12,10 +12,10 @@ from typing import Iterable, Optional
 
 import torch
 
-from . import kernels as K
-from .objective import Objective
-from .token_logprobs import token_logprobs
-from .vocab_divergence import vocab_divergence
+from .dpo import kernels as K
+from .sft.objective import Objective
+from .sft.logits import token_logprobs
+from .dpo.divergence import vocab_divergence
 
 QUANTILES = (0.05, 0.10, 0.25, 0.50, 0.75, 0.90)
 STRONG_AT, WEAK_BELOW = 0.65, 0.25

@@ -13,9 +13,9 @@ from typing import Optional, Union
 
 import torch
 
-from ..linear_prob_loss import linear_prob_loss
-from ..objective import Objective
-from ..prob_loss import prob_loss
+from ..sft.linear import linear_prob_loss
+from ..sft.objective import Objective
+from ..sft.logits import prob_loss
 
 
 def _reduce(loss_sum: torch.Tensor, counted: torch.Tensor, num_items_in_batch) -> torch.Tensor:

@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from ..distill import distill_loss
-from ..dpo_kernel_loss import dpo_kernel_loss
+from ..distill.logits import distill_loss
+from ..dpo.loss import dpo_kernel_loss
 
 
 def generalized_jsd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

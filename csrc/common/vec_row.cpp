@@ -1,0 +1,119 @@
+#include "common/vec_row.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace objx {
+namespace {
+
+constexpr int kLanes = 16;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OBJX_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define OBJX_ISA_CLONES
+#endif
+
+// exp(x) for x <= 88 within ~2 ulp (Cephes' single-precision polynomial), written without calls
+// or branches so that the compiler vectorises the loops that use it. exp(-inf) = 0 exactly.
+inline float exp_poly(float x) {
+  const float xc = x < -87.5f ? -87.5f : (x > 88.0f ? 88.0f : x);
+  // round(x / ln2) by the 1.5 * 2^23 trick; the low bits of t then hold n.
+  const float t = xc * 1.44269504088896341f + 12582912.0f;
+  const float n = t - 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t tb;
+  std::memcpy(&tb, &t, sizeof tb);
+  const int32_t ni = tb - 0x4B400000;  // bits of 12582912.0f
+  const int32_t sb = (ni + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &sb, sizeof scale);
+  const float y = p * scale;
+  return x < -87.5f ? 0.0f : (x != x ? x : y);
+}
+
+}  // namespace
+
+OBJX_ISA_CLONES float vec_max(const float* x, int64_t n) {
+  float acc[kLanes];
+  for (int k = 0; k < kLanes; ++k) acc[k] = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
+  float m = -std::numeric_limits<float>::infinity();
+  for (int k = 0; k < kLanes; ++k) m = acc[k] > m ? acc[k] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+OBJX_ISA_CLONES float vec_sum_exp(const float* x, int64_t n, float shift) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] += exp_poly(x[i + k] - shift);
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += exp_poly(x[i] - shift);
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0] + tail;
+}
+
+OBJX_ISA_CLONES float vec_sum(const float* x, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] += x[i + k];
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += x[i];
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0] + tail;
+}
+
+OBJX_ISA_CLONES void vec_exp(const float* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = exp_poly(x[i]);
+}
+
+void vec_exp(const double* x, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i]);
+}
+
+OBJX_ISA_CLONES void vec_scaled_softmax(const float* x, int64_t n, float lse, float a, float c,
+                                          float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a * exp_poly(x[i] - lse) - c;
+}
+
+void lse_absorb(float& max, float& sum, const float* x, int64_t n) {
+  if (n <= 0) return;
+  const float cm = vec_max(x, n);
+  const float m = max > cm ? max : cm;
+  const float shift = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
+  const float rescale = max == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(max - shift);
+  sum = sum * rescale + vec_sum_exp(x, n, shift);
+  max = m;
+}
+
+// float64: plain loops with exact std::exp (two passes: max, then the shifted sum).
+void lse_absorb(double& max, double& sum, const double* x, int64_t n) {
+  if (n <= 0) return;
+  double cm = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) cm = x[i] > cm ? x[i] : cm;
+  const double m = max > cm ? max : cm;
+  const double shift = m == -std::numeric_limits<double>::infinity() ? 0.0 : m;
+  double piece = 0.0;
+  for (int64_t i = 0; i < n; ++i) piece += std::exp(x[i] - shift);
+  const double rescale = max == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(max - shift);
+  sum = sum * rescale + piece;
+  max = m;
+}
+
+}  // namespace objx

@@ -1,0 +1,31 @@
+#pragma once
+// Float32 row primitives of the CPU kernels, compiled once per x86 ISA level (AVX-512, AVX2,
+// baseline) and picked at load time. Lane-wise accumulators keep the summation order fixed, so
+// results are bit-identical run to run whatever the thread count.
+#include <cstdint>
+
+namespace objx {
+
+// Rows per parallel task of a CPU kernel: enough work (per_task logits) to amortise scheduling
+// when rows are short.
+inline int64_t row_grain(int64_t cols, int64_t per_task = 16384) {
+  return per_task / (cols > 1 ? cols : 1) > 1 ? per_task / (cols > 1 ? cols : 1) : 1;
+}
+
+// max_j x_j over a piece, ignoring NaN (a NaN reaches the sum of exponentials instead).
+float vec_max(const float* x, int64_t n);
+// sum_j exp(x_j - shift); exact 0 for x_j = -inf, NaN for NaN x_j.
+float vec_sum_exp(const float* x, int64_t n, float shift);
+// sum_j x_j.
+float vec_sum(const float* x, int64_t n);
+// out_j = exp(x_j) (float32 within ~2 ulp; 0 below -87.5, so no subnormal results; float64 exact).
+void vec_exp(const float* x, int64_t n, float* out);
+void vec_exp(const double* x, int64_t n, double* out);
+// out_j = a * exp(x_j - lse) - c.
+void vec_scaled_softmax(const float* x, int64_t n, float lse, float a, float c, float* out);
+
+// Folds x[0, n) into an online log-sum-exp state (running max, sum of exp(x - max)).
+void lse_absorb(float& max, float& sum, const float* x, int64_t n);
+void lse_absorb(double& max, double& sum, const double* x, int64_t n);
+
+}  // namespace objx

@@ -1,0 +1,224 @@
+// CPU kernels of the distill ops (SPEC §2): rows in parallel; per row one pass for the four
+// log-sum-exps (vectorised), one for the divergence sum, and one in the backward for the gradient.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include "common/acc_type.h"
+#include "common/pair_piece.h"
+#include "common/vec_row.h"
+#include "distill/distill.h"
+#include "math/distill.h"
+#include "math/online_lse.h"
+
+namespace objx {
+namespace {
+
+using math::DistillParams;
+using math::DistillRow;
+
+// Pass 1: log-sum-exp of s, s/T, t/T and t.
+template <typename scalar_t, typename acc_t>
+DistillRow<acc_t> reduce_lse(const scalar_t* s, const scalar_t* t, int64_t vocab, acc_t temperature) {
+  acc_t buf[4][kPairPiece];
+  math::LseState<acc_t> st[4];
+  for (auto& x : st) x = math::lse_empty<acc_t>();
+  for (int64_t start = 0; start < vocab; start += kPairPiece) {
+    const int64_t n = std::min(kPairPiece, vocab - start);
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t si = static_cast<acc_t>(s[start + i]), ti = static_cast<acc_t>(t[start + i]);
+      buf[0][i] = si;
+      buf[1][i] = si / temperature;
+      buf[2][i] = ti / temperature;
+      buf[3][i] = ti;
+    }
+    for (int k = 0; k < 4; ++k) lse_absorb(st[k].max, st[k].sum, buf[k], n);
+  }
+  return {math::lse_finish(st[0]), math::lse_finish(st[1]), math::lse_finish(st[2]), math::lse_finish(st[3]),
+          acc_t(0), acc_t(0)};
+}
+
+// The logs of entries [start, start + n) of a row into a piece, then their exps.
+template <typename scalar_t, typename acc_t>
+void load_piece(const scalar_t* s, const scalar_t* t, int64_t start, int64_t n, const DistillParams<acc_t>& prm,
+                const DistillRow<acc_t>& row, PairPiece<acc_t>& piece) {
+  for (int64_t i = 0; i < n; ++i)
+    math::distill_logs(prm, row, static_cast<acc_t>(s[start + i]), static_cast<acc_t>(t[start + i]), piece.log_p[i],
+                       piece.log_q[i]);
+  piece.take_exps(n);
+}
+
+// Pass 2: the raw divergence sum D and sum_k q_k a_k.
+template <typename scalar_t, typename acc_t>
+void reduce_divergence(const scalar_t* s, const scalar_t* t, int64_t vocab, const DistillParams<acc_t>& prm,
+                       DistillRow<acc_t>& row) {
+  PairPiece<acc_t> piece;
+  acc_t terms[PairPiece<acc_t>::kSize], qas[PairPiece<acc_t>::kSize];
+  double div = 0.0, qa = 0.0;
+  for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
+    const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
+    load_piece(s, t, start, n, prm, row, piece);
+    for (int64_t i = 0; i < n; ++i) math::distill_terms(prm, piece[i], terms[i], qas[i]);
+    div += piece_sum(terms, n);
+    qa += piece_sum(qas, n);
+  }
+  row.div = static_cast<acc_t>(div);
+  row.qa = static_cast<acc_t>(qa);
+}
+
+struct RowErrors {
+  int64_t bad_target, empty_row;  // -1: none
+};
+
+template <typename scalar_t, typename acc_t>
+RowErrors forward_impl(const at::Tensor& student, const at::Tensor& teacher, const int64_t* y,
+                       const DistillParams<acc_t>& prm, DistillForward& out) {
+  auto& [loss, soft, hard, stats, counted] = out;
+  const int64_t rows = student.size(0), vocab = student.size(1);
+  const scalar_t* s_base = student.const_data_ptr<scalar_t>();
+  const scalar_t* t_base = teacher.const_data_ptr<scalar_t>();
+  const int64_t s_stride = student.stride(0), t_stride = teacher.stride(0);
+  acc_t* loss_p = loss.mutable_data_ptr<acc_t>();
+  acc_t* soft_p = soft.mutable_data_ptr<acc_t>();
+  acc_t* hard_p = hard.mutable_data_ptr<acc_t>();
+  acc_t* stats_p = stats.mutable_data_ptr<acc_t>();
+  bool* counted_p = counted.mutable_data_ptr<bool>();
+  std::atomic<int64_t> bad_target{rows}, empty_row{rows};
+  auto keep_min = [](std::atomic<int64_t>& slot, int64_t v) {
+    int64_t cur = slot.load();
+    while (v < cur && !slot.compare_exchange_weak(cur, v)) {}
+  };
+  at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* s = s_base + r * s_stride;
+      const scalar_t* t = t_base + r * t_stride;
+      const int64_t yr = prm.has_target ? y[r] : 0;
+      const bool counts = !prm.has_target || yr != prm.ignore_index;
+      acc_t* row_stats = stats_p + r * math::kDistillRowStats;
+      if (counts && prm.has_target && (yr < 0 || yr >= vocab)) keep_min(bad_target, r);
+      if (!counts || (prm.has_target && (yr < 0 || yr >= vocab))) {
+        loss_p[r] = soft_p[r] = hard_p[r] = acc_t(0);
+        std::fill(row_stats, row_stats + math::kDistillRowStats, acc_t(0));
+        counted_p[r] = false;
+        continue;
+      }
+      DistillRow<acc_t> row = reduce_lse(s, t, vocab, prm.temperature);
+      if (row.lse_s1 == -std::numeric_limits<acc_t>::infinity()) keep_min(empty_row, r);
+      reduce_divergence(s, t, vocab, prm, row);
+      const acc_t soft_r = math::distill_soft(prm, row);
+      const acc_t hard_r = prm.has_target ? row.lse_s1 - static_cast<acc_t>(s[yr]) : acc_t(0);
+      loss_p[r] = prm.hard_weight * hard_r + prm.soft_weight * soft_r;
+      soft_p[r] = soft_r;
+      hard_p[r] = hard_r;
+      const acc_t values[math::kDistillRowStats] = {row.lse_s1, row.lse_sT, row.lse_tT, row.lse_t1, row.div, row.qa};
+      std::copy(values, values + math::kDistillRowStats, row_stats);
+      counted_p[r] = true;
+    }
+  });
+  return {bad_target.load() < rows ? bad_target.load() : -1, empty_row.load() < rows ? empty_row.load() : -1};
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_impl(const acc_t* grad_loss, const at::Tensor& student, const at::Tensor& teacher, const int64_t* y,
+                   const acc_t* stats, const bool* counted, const DistillParams<acc_t>& prm, at::Tensor& grad) {
+  const int64_t rows = student.size(0), vocab = student.size(1);
+  const scalar_t* s_base = student.const_data_ptr<scalar_t>();
+  const scalar_t* t_base = teacher.const_data_ptr<scalar_t>();
+  const int64_t s_stride = student.stride(0), t_stride = teacher.stride(0);
+  scalar_t* out_base = grad.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+    PairPiece<acc_t> piece;
+    acc_t softmax_s[PairPiece<acc_t>::kSize];
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* out = out_base + r * vocab;
+      const scalar_t* s = s_base + r * s_stride;
+      const scalar_t* t = t_base + r * t_stride;
+      if (!counted[r]) {
+        std::fill(out, out + vocab, scalar_t(0));
+        continue;
+      }
+      const DistillRow<acc_t> row = math::distill_row_from(stats + r * math::kDistillRowStats);
+      const auto [g_hard, g_soft] = math::distill_grad_weights(prm, row, grad_loss[r]);
+      const int64_t yr = prm.has_target ? y[r] : -1;
+      for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
+        const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
+        load_piece(s, t, start, n, prm, row, piece);
+        if (g_hard != acc_t(0)) {  // the hard term's softmax(s)_j
+          for (int64_t i = 0; i < n; ++i) softmax_s[i] = static_cast<acc_t>(s[start + i]) - row.lse_s1;
+          vec_exp(softmax_s, n, softmax_s);
+        } else {  // unused, but passed
+          std::fill(softmax_s, softmax_s + n, acc_t(0));
+        }
+        for (int64_t i = 0; i < n; ++i)
+          out[start + i] = static_cast<scalar_t>(
+              math::distill_grad_from(prm, row, piece[i], softmax_s[i], start + i == yr, g_hard, g_soft));
+      }
+    }
+  });
+}
+
+DistillForward forward(const DistillInputs& in) {
+  const auto acc = acc_dtype(in.student.scalar_type());
+  auto out = allocate_distill_forward(in.student.size(0), in.student.options().dtype(acc));
+  if (in.student.size(0) == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_forward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const auto prm = make_distill_params<acc_t>(in.opt, in.student.size(1), in.has_target);
+    const auto err = forward_impl<scalar_t, acc_t>(in.student, in.teacher,
+                                                   in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
+                                                   prm, out);
+    raise_distill_row_errors(in.target, in.student.size(1), in.opt.ignore_index, err.bad_target, err.empty_row);
+  });
+  return out;
+}
+
+at::Tensor backward(const DistillInputs& in, const DistillSaved& saved) {
+  const int64_t rows = in.student.size(0);
+  auto grad = at::empty(in.student.sizes(), in.student.options().memory_format(at::MemoryFormat::Contiguous));
+  if (rows == 0) return grad;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_backward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    backward_impl<scalar_t, acc_t>(saved.grad_loss.const_data_ptr<acc_t>(), in.student, in.teacher,
+                                   in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
+                                   saved.stats.const_data_ptr<acc_t>(), saved.counted.const_data_ptr<bool>(),
+                                   make_distill_params<acc_t>(in.opt, in.student.size(1), in.has_target), grad);
+  });
+  return grad;
+}
+
+at::Tensor shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
+  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  auto sums = at::empty({rows, 2}, row_lse.options());
+  if (rows == 0) return sums;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_shard_sums", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const auto prm = make_distill_params<acc_t>(in.opt, vocab, false);
+    const scalar_t* s_base = in.student.const_data_ptr<scalar_t>();
+    const scalar_t* t_base = in.teacher.const_data_ptr<scalar_t>();
+    const int64_t s_stride = in.student.stride(0), t_stride = in.teacher.stride(0);
+    const acc_t* lse = row_lse.const_data_ptr<acc_t>();
+    acc_t* out = sums.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        // The compared student's normaliser serves as lse(s) and lse(s/T): distill_logs reads the one
+        // the method compares. lse(t) (WTTM's weight) is not needed for the sums.
+        DistillRow<acc_t> row{lse[2 * r], lse[2 * r], lse[2 * r + 1], acc_t(0), acc_t(0), acc_t(0)};
+        reduce_divergence(s_base + r * s_stride, t_base + r * t_stride, vocab, prm, row);
+        out[2 * r] = row.div;
+        out[2 * r + 1] = row.qa;
+      }
+    });
+  });
+  return sums;
+}
+
+}  // namespace
+
+extern const DistillKernels kCpuDistillKernels{&forward, &backward, &shard_sums};
+
+}  // namespace objx

@@ -1,0 +1,115 @@
+// The vocab_divergence ops' entry file (SPEC §3.4): argument checks, then the device's kernels
+// (divergence/cpu.cpp, divergence/cuda.cu).
+#include "divergence/divergence.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include "common/acc_type.h"
+#include "common/kernels.h"
+#include "common/nvtx.h"
+#include "row_lse/row_lse.h"
+
+namespace objx {
+namespace {
+
+constexpr const char* kFn = "objx.vocab_divergence";
+
+math::DivKind parse_kind(const std::string& kind) {
+  using K = math::DivKind;
+  if (kind == "kl") return K::kKl;
+  if (kind == "reverse_kl") return K::kReverseKl;
+  if (kind == "js") return K::kJs;
+  if (kind == "hellinger") return K::kHellinger;
+  if (kind == "bhattacharyya") return K::kBhattacharyya;
+  if (kind == "renyi") return K::kRenyi;
+  if (kind == "alpha") return K::kAlpha;
+  if (kind == "tv") return K::kTv;
+  TORCH_CHECK_VALUE(false, kFn, ": kind must be one of 'kl', 'reverse_kl', 'js', 'hellinger', 'bhattacharyya', "
+                    "'renyi', 'alpha', 'tv', got '", kind, "'");
+}
+
+DivInputs prepare(const at::Tensor& policy, const at::Tensor& ref, std::string kind, double alpha,
+                  const std::optional<at::Tensor>& mask) {
+  TORCH_CHECK_VALUE(policy.dim() == 2, kFn, ": policy_logits must be 2-D [N, V], got shape ", policy.sizes());
+  TORCH_CHECK_VALUE(ref.sizes() == policy.sizes(), kFn, ": ref_logits must have policy_logits' shape ",
+                    policy.sizes(), ", got ", ref.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(policy.scalar_type()), kFn,
+                   ": policy_logits must be float64, float32, bfloat16 or float16, got ", policy.scalar_type());
+  TORCH_CHECK_TYPE(ref.scalar_type() == policy.scalar_type(), kFn, ": ref_logits is ", ref.scalar_type(),
+                   " but policy_logits is ", policy.scalar_type());
+  TORCH_CHECK_VALUE(ref.device() == policy.device(), kFn, ": ref_logits is on ", ref.device(),
+                    " but policy_logits is on ", policy.device());
+  TORCH_CHECK_VALUE(policy.size(1) > 0 || policy.size(0) == 0, kFn, ": empty vocabulary (V = 0)");
+  const auto k = parse_kind(kind);
+  if (k == math::DivKind::kRenyi)
+    TORCH_CHECK_VALUE(alpha > 0 && alpha != 1 && std::isfinite(alpha), kFn,
+                      ": renyi needs div_alpha > 0 and != 1, got ", alpha);
+  if (k == math::DivKind::kAlpha)
+    TORCH_CHECK_VALUE(alpha != 0 && alpha != 1 && std::isfinite(alpha), kFn,
+                      ": alpha needs div_alpha not in {0, 1}, got ", alpha);
+  if (mask) {
+    TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, kFn, ": mask must be bool, got ", mask->scalar_type());
+    TORCH_CHECK_VALUE(mask->dim() == 1 && mask->size(0) == policy.size(0), kFn, ": mask must be [N] with N = ",
+                      policy.size(0), ", got shape ", mask->sizes());
+    TORCH_CHECK_VALUE(mask->device() == policy.device(), kFn, ": mask is on ", mask->device(),
+                      " but policy_logits is on ", policy.device());
+  }
+  const auto unit = [](const at::Tensor& x) { return x.stride(1) == 1 || x.size(1) <= 1 ? x : x.contiguous(); };
+  return {std::move(kind), alpha, unit(policy), unit(ref), mask ? mask->contiguous() : at::Tensor()};
+}
+
+template <const DivKernels& K>
+DivForward vocab_divergence_forward(const at::Tensor& policy, const at::Tensor& ref, std::string kind,
+                                    double div_alpha, const std::optional<at::Tensor>& mask) {
+  NvtxRange range("objx::vocab_divergence_forward");
+  return K.forward(prepare(policy, ref, std::move(kind), div_alpha, mask));
+}
+
+template <const DivKernels& K>
+at::Tensor vocab_divergence_backward(const at::Tensor& grad_div, const at::Tensor& policy, const at::Tensor& ref,
+                                     const at::Tensor& stats, std::string kind, double div_alpha,
+                                     const std::optional<at::Tensor>& mask) {
+  NvtxRange range("objx::vocab_divergence_backward");
+  const auto in = prepare(policy, ref, std::move(kind), div_alpha, mask);
+  const int64_t rows = in.policy.size(0);
+  const auto acc = acc_dtype(in.policy.scalar_type());
+  TORCH_CHECK_VALUE(grad_div.dim() == 1 && grad_div.size(0) == rows, kFn, "_backward: grad must be [", rows,
+                    "], got ", grad_div.sizes());
+  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == rows && stats.size(1) == math::kDivRowStats &&
+                        stats.scalar_type() == acc && stats.device() == in.policy.device(),
+                    kFn, "_backward: stats must be [", rows, ", ", math::kDivRowStats, "] ", acc);
+  const auto g = grad_div.to(acc).contiguous();
+  return K.backward(in, g, stats.contiguous());
+}
+
+template <const DivKernels& K>
+at::Tensor vocab_divergence_shard_sums(const at::Tensor& policy, const at::Tensor& ref, const at::Tensor& row_lse,
+                                       std::string kind, double div_alpha, const std::optional<at::Tensor>& mask) {
+  NvtxRange range("objx::vocab_divergence_shard_sums");
+  const auto in = prepare(policy, ref, std::move(kind), div_alpha, mask);
+  check_shard_row_lse("objx.vocab_divergence_shard_sums", in.policy, row_lse);
+  return K.shard_sums(in, row_lse.contiguous());
+}
+
+template <const DivKernels& K>
+void register_ops(torch::Library& m) {
+  m.impl("vocab_divergence_forward", &vocab_divergence_forward<K>);
+  m.impl("vocab_divergence_backward", &vocab_divergence_backward<K>);
+  m.impl("vocab_divergence_shard_sums", &vocab_divergence_shard_sums<K>);
+}
+
+}  // namespace
+
+template <typename acc_t>
+math::DivParams<acc_t> make_div_params(const DivInputs& in) {
+  return {parse_kind(in.kind), static_cast<acc_t>(in.alpha), in.policy.size(1)};
+}
+template math::DivParams<float> make_div_params<float>(const DivInputs&);
+template math::DivParams<double> make_div_params<double>(const DivInputs&);
+
+OBJX_REGISTER(register_ops, kCpuDivKernels, kCudaDivKernels)
+
+}  // namespace objx

@@ -1,0 +1,148 @@
+#pragma once
+// SPEC §1: per-row loss f(p) and gradient weight s_f(p) = -f'(p) p of every probability-based
+// objective, plus the row epilogue (thresholds, z-loss, label smoothing) shared by all kernels.
+#include <cmath>
+#include <limits>
+
+#include "math/hd.h"
+#include "math/online_lse.h"
+
+namespace objx::math {
+
+enum class ObjectiveKind : int { kNll = 0, kPower = 1, kLog1m = 2 };
+
+// Everything a kernel needs to know about the objective, in the accumulation type.
+template <typename acc_t>
+struct ProbLossParams {
+  ObjectiveKind kind;
+  acc_t param;            // alpha for power, epsilon for log1m
+  acc_t min_prob;         // -inf when unset
+  acc_t max_prob;         // +inf when unset
+  acc_t label_smoothing;  // only with nll
+  acc_t z_loss;
+  acc_t softcap;          // 0 when unset
+  int64_t ignore_index;
+  int64_t vocab;
+};
+
+// f(p) from log p. p^alpha is exp(alpha log p) (SPEC §1), and expm1/log1p keep small terms exact.
+template <typename acc_t>
+OBJX_HD acc_t objective_value(ObjectiveKind kind, acc_t param, acc_t logp) {
+  using std::expm1;
+  using std::exp;
+  using std::log1p;
+  switch (kind) {
+    case ObjectiveKind::kPower: return -expm1(param * logp) / param;
+    case ObjectiveKind::kLog1m: return log1p(param - exp(logp));
+    default: return -logp;
+  }
+}
+
+// s_f(p): every objective's logits gradient is s_f(p) times the cross-entropy gradient.
+template <typename acc_t>
+OBJX_HD acc_t objective_weight(ObjectiveKind kind, acc_t param, acc_t logp) {
+  using std::exp;
+  using std::expm1;
+  switch (kind) {
+    case ObjectiveKind::kPower: return exp(param * logp);
+    case ObjectiveKind::kLog1m: return exp(logp) / (param - expm1(logp));  // 1 - p = -expm1(log p)
+    default: return acc_t(1);
+  }
+}
+
+// A row counts unless its gold probability is outside [min_prob, max_prob]; a NaN p counts,
+// so NaN logits reach the loss instead of being filtered out.
+template <typename acc_t>
+OBJX_HD bool row_passes_thresholds(const ProbLossParams<acc_t>& prm, acc_t p) {
+  return !(p < prm.min_prob) && !(p > prm.max_prob);
+}
+
+// Logit soft-capping c*tanh(z/c) (Gemma-2 style); its derivative is 1 - (capped/c)^2.
+template <typename acc_t>
+OBJX_HD acc_t softcap_value(acc_t z, acc_t cap) {
+  using std::tanh;
+  return cap > acc_t(0) ? cap * tanh(z / cap) : z;
+}
+template <typename acc_t>
+OBJX_HD acc_t softcap_grad(acc_t capped, acc_t cap) {
+  if (!(cap > acc_t(0))) return acc_t(1);
+  const acc_t t = capped / cap;
+  return acc_t(1) - t * t;
+}
+
+template <typename acc_t>
+struct ProbRowForward {
+  acc_t loss;  // 0 when the row does not count
+  acc_t logp;  // log p_y (-inf for ignored rows)
+  bool counted;
+};
+
+// Row epilogue of the forward pass for a row whose target is in [0, V). lse, logp = log p_y and
+// sum_z (the sum of the logits, only used with label smoothing) are of the soft-capped logits.
+template <typename acc_t>
+OBJX_HD ProbRowForward<acc_t> prob_row_forward(const ProbLossParams<acc_t>& prm, acc_t lse, acc_t logp, acc_t sum_z) {
+  using std::exp;
+  const acc_t p = exp(logp);
+  if (!row_passes_thresholds(prm, p)) return {acc_t(0), logp, false};
+  acc_t loss;
+  if (prm.label_smoothing != acc_t(0)) {
+    const acc_t eps = prm.label_smoothing;
+    loss = -(acc_t(1) - eps) * logp + eps * (lse - sum_z / acc_t(prm.vocab));
+  } else {
+    loss = objective_value(prm.kind, prm.param, logp);
+  }
+  loss += prm.z_loss * lse * lse;
+  return {loss, logp, true};
+}
+
+// Everything the forward reports for a row, from its reduction (online LSE of every logit but the
+// target's, the target's logit z_gold, and the sum of the logits).
+template <typename acc_t>
+struct ProbRowResult {
+  acc_t loss, lse, logp;
+  bool counted;
+  int error;  // 0, or kBadTarget / kEmptyRow
+};
+constexpr int kBadTarget = 1;  // target outside [0, V) and not ignore_index
+constexpr int kEmptyRow = 2;   // a counted row whose logits are all -inf
+
+template <typename acc_t>
+OBJX_HD ProbRowResult<acc_t> prob_row_finish(const ProbLossParams<acc_t>& prm, int64_t t,
+                                             LseState<acc_t> others, acc_t z_gold, acc_t sum_z) {
+  if (t == prm.ignore_index)
+    return {acc_t(0), lse_finish(others), -std::numeric_limits<acc_t>::infinity(), false, 0};
+  if (t < 0 || t >= prm.vocab) return {acc_t(0), acc_t(0), acc_t(0), false, kBadTarget};
+  const auto fin = finish_with_gold(others, z_gold);
+  const auto out = prob_row_forward(prm, fin.lse, fin.logp, sum_z);
+  const bool empty = out.counted && fin.lse == -std::numeric_limits<acc_t>::infinity();
+  return {out.loss, fin.lse, out.logp, out.counted, empty ? kEmptyRow : 0};
+}
+
+// Column of the target inside a tile of columns [offset, offset + cols), or -1.
+OBJX_HD int64_t gold_column(int64_t t, int64_t ignore_index, int64_t offset, int64_t cols) {
+  const int64_t c = t - offset;
+  return t != ignore_index && c >= 0 && c < cols ? c : -1;
+}
+
+// Backward: for a counted row, d loss / d z_j = a * p_j - c off the target and `gold` at j = y,
+// with z the soft-capped logits (the caller multiplies by the soft-cap derivative).
+template <typename acc_t>
+struct ProbRowGrad {
+  acc_t a, c, gold;
+};
+
+template <typename acc_t>
+OBJX_HD ProbRowGrad<acc_t> prob_row_grad(const ProbLossParams<acc_t>& prm, acc_t grad_row,
+                                         acc_t lse, acc_t logp) {
+  using std::expm1;
+  const acc_t eps = prm.label_smoothing;
+  const acc_t s = eps != acc_t(0) ? acc_t(1) : objective_weight(prm.kind, prm.param, logp);
+  const acc_t a = grad_row * (s + acc_t(2) * prm.z_loss * lse);
+  const acc_t c = grad_row * s * eps / acc_t(prm.vocab);
+  // a p_y - s (1 - eps) - c, written with p_y - 1 = expm1(log p_y): exact when p_y is near 1,
+  // where large s_f (log1m, z-loss) would amplify the rounding of p_y.
+  const acc_t gold = a * expm1(logp) + grad_row * (s * eps + acc_t(2) * prm.z_loss * lse) - c;
+  return {a, c, gold};
+}
+
+}  // namespace objx::math

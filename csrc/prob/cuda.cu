@@ -1,0 +1,328 @@
+// CUDA kernels of the prob_loss family: one block per row; the forward makes one pass of online
+// log-sum-exp over the row with 16-byte loads, the backward one pass writing the gradient. The same
+// device code serves the logits ops and the fused LM-head tiles.
+#include <cstdint>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include "common/acc_type.h"
+#include "common/block_reduce.cuh"
+#include "common/cuda_api.cuh"
+#include "math/online_lse.h"
+#include "math/prob_objective.h"
+#include "prob/prob.h"
+
+namespace objx::cuda {
+namespace {
+
+using math::LseState;
+using math::ProbLossParams;
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(scalar_t);
+  scalar_t v[kSize];
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ bool aligned16(const scalar_t* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// Adds a group of logits to a thread's running state with one rescale for the whole group;
+// element `held_out` (the target, if in this group) joins the max and sum_z but not the exp-sum.
+template <typename acc_t, int K>
+__device__ __forceinline__ void push_group(LseState<acc_t>& st, acc_t& sum_z, const acc_t (&x)[K],
+                                           int held_out) {
+  acc_t m = st.max;
+#pragma unroll
+  for (int k = 0; k < K; ++k) m = x[k] > m ? x[k] : m;
+  const acc_t shift = m == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : m;
+  acc_t s = st.sum * math::exp_shifted(st.max, m);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (k != held_out) s += exp(x[k] - shift);
+    sum_z += x[k];
+  }
+  st = {m, s};
+}
+
+// Block-wide reduction of one row of cols logits, starting from each thread's (st, sum_z); column
+// `gold` (or -1) is held out of the exp-sum (math::finish_with_gold). Every thread gets the result.
+template <typename scalar_t, typename acc_t>
+__device__ LseState<acc_t> block_reduce_row(const scalar_t* row, int64_t cols, int64_t gold, acc_t cap,
+                                            LseState<acc_t> st, acc_t& sum_z) {
+  using P = Pack<scalar_t>;
+  constexpr int K = P::kSize;
+  int64_t done = 0;
+  if (aligned16(row)) {
+    const P* packs = reinterpret_cast<const P*>(row);
+    const int64_t n_packs = cols / K;
+    for (int64_t i = threadIdx.x; i < n_packs; i += blockDim.x) {
+      const P pk = packs[i];
+      acc_t x[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) x[k] = math::softcap_value(static_cast<acc_t>(pk.v[k]), cap);
+      const int64_t held = gold - i * K;
+      push_group(st, sum_z, x, held >= 0 && held < K ? static_cast<int>(held) : -1);
+    }
+    done = n_packs * K;
+  }
+  for (int64_t j = done + threadIdx.x; j < cols; j += blockDim.x) {
+    const acc_t x[1] = {math::softcap_value(static_cast<acc_t>(row[j]), cap)};
+    push_group(st, sum_z, x, j == gold ? 0 : -1);
+  }
+  const LseSum<acc_t> total = block_lse_sum(LseSum<acc_t>{st, sum_z});
+  sum_z = total.sum;
+  return total.lse;
+}
+
+template <typename acc_t>
+struct RowOutputs {
+  acc_t* loss;
+  acc_t* lse;
+  acc_t* logp;
+  bool* counted;
+  unsigned long long* first_error;  // [3]: first row per math error kind, rows when none
+};
+
+template <typename acc_t>
+__device__ __forceinline__ void write_row(const RowOutputs<acc_t>& out, int64_t r,
+                                          const math::ProbRowResult<acc_t>& res) {
+  out.loss[r] = res.loss;
+  out.lse[r] = res.lse;
+  out.logp[r] = res.logp;
+  out.counted[r] = res.counted;
+  if (res.error) atomicMin(out.first_error + res.error, static_cast<unsigned long long>(r));
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) prob_loss_forward_kernel(
+    const scalar_t* __restrict__ logits, int64_t stride, const int64_t* __restrict__ target,
+    ProbLossParams<acc_t> prm, RowOutputs<acc_t> out) {
+  const int64_t r = blockIdx.x;
+  const int64_t t = target[r];
+  const int64_t gold = math::gold_column(t, prm.ignore_index, 0, prm.vocab);
+  const scalar_t* row = logits + r * stride;
+  const acc_t z_gold = gold >= 0 ? math::softcap_value(static_cast<acc_t>(row[gold]), prm.softcap) : acc_t(0);
+  // Thread 0 seeds the target's logit into the max (it stays out of the exp-sum).
+  LseState<acc_t> st = threadIdx.x == 0 && gold >= 0 ? math::gold_seed(z_gold) : math::lse_empty<acc_t>();
+  acc_t sum_z = 0;
+  st = block_reduce_row(row, prm.vocab, gold, prm.softcap, st, sum_z);
+  if (threadIdx.x == 0) write_row(out, r, math::prob_row_finish(prm, t, st, z_gold, sum_z));
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) prob_tile_reduce_kernel(
+    const scalar_t* __restrict__ tile, int64_t cols, int64_t stride, const int64_t* __restrict__ target,
+    int64_t col_offset, int64_t ignore_index, acc_t cap, acc_t* __restrict__ state_max,
+    acc_t* __restrict__ state_sum, acc_t* __restrict__ z_gold, acc_t* __restrict__ state_sum_z) {
+  const int64_t r = blockIdx.x;
+  const int64_t gold = math::gold_column(target[r], ignore_index, col_offset, cols);
+  const scalar_t* row = tile + r * stride;
+  LseState<acc_t> st = math::lse_empty<acc_t>();
+  acc_t sum_z = 0;
+  acc_t zg = 0;
+  if (threadIdx.x == 0) {  // the row's state so far, and the target if it is in this tile
+    st = {state_max[r], state_sum[r]};
+    if (gold >= 0) {
+      zg = math::softcap_value(static_cast<acc_t>(row[gold]), cap);
+      st = math::lse_merge(st, math::gold_seed(zg));
+    }
+  }
+  st = block_reduce_row(row, cols, gold, cap, st, sum_z);
+  if (threadIdx.x == 0) {
+    state_max[r] = st.max;
+    state_sum[r] = st.sum;
+    state_sum_z[r] += sum_z;
+    if (gold >= 0) z_gold[r] = zg;
+  }
+}
+
+template <typename acc_t>
+__global__ void prob_tile_finish_kernel(int64_t rows, const int64_t* __restrict__ target,
+                                        const acc_t* __restrict__ state_max, const acc_t* __restrict__ state_sum,
+                                        const acc_t* __restrict__ z_gold, const acc_t* __restrict__ state_sum_z,
+                                        ProbLossParams<acc_t> prm, RowOutputs<acc_t> out) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  write_row(out, r, math::prob_row_finish(prm, target[r], LseState<acc_t>{state_max[r], state_sum[r]},
+                                          z_gold[r], state_sum_z[r]));
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ scalar_t grad_value(acc_t z, int64_t j, int64_t t, acc_t lse,
+                                               const math::ProbRowGrad<acc_t>& g, acc_t cap) {
+  const acc_t zc = math::softcap_value(z, cap);
+  const acc_t v = j == t ? g.gold : g.a * exp(zc - lse) - g.c;
+  return static_cast<scalar_t>(v * math::softcap_grad(zc, cap));
+}
+
+// Gradient of logits columns [col_offset, col_offset + cols) into out; out may alias logits (a
+// tile overwritten with its gradient: each element is read by the thread that writes it).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
+    const acc_t* __restrict__ grad_loss, const scalar_t* logits, int64_t cols, int64_t stride,
+    const int64_t* __restrict__ target, int64_t col_offset, const acc_t* __restrict__ lse,
+    const acc_t* __restrict__ logp, const bool* __restrict__ counted, ProbLossParams<acc_t> prm,
+    scalar_t* out_base, int64_t out_stride) {
+  using P = Pack<scalar_t>;
+  constexpr int K = P::kSize;
+  const int64_t r = blockIdx.x;
+  const scalar_t* row = logits + r * stride;
+  scalar_t* out = out_base + r * out_stride;
+  const bool live = counted[r];
+  const int64_t t = target[r] - col_offset;
+  const acc_t row_lse = lse[r];
+  const auto g = live ? math::prob_row_grad(prm, grad_loss[r], row_lse, logp[r]) : math::ProbRowGrad<acc_t>{0, 0, 0};
+  int64_t done = 0;
+  if (aligned16(row) && aligned16(out)) {
+    const P* in_packs = reinterpret_cast<const P*>(row);
+    P* out_packs = reinterpret_cast<P*>(out);
+    const int64_t n_packs = cols / K;
+    for (int64_t i = threadIdx.x; i < n_packs; i += blockDim.x) {
+      P res;
+      if (live) {
+        const P pk = in_packs[i];
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+          res.v[k] = grad_value<scalar_t>(static_cast<acc_t>(pk.v[k]), i * K + k, t, row_lse, g, prm.softcap);
+      } else {
+#pragma unroll
+        for (int k = 0; k < K; ++k) res.v[k] = scalar_t(0);
+      }
+      out_packs[i] = res;
+    }
+    done = n_packs * K;
+  }
+  for (int64_t j = done + threadIdx.x; j < cols; j += blockDim.x)
+    out[j] = live ? grad_value<scalar_t>(static_cast<acc_t>(row[j]), j, t, row_lse, g, prm.softcap) : scalar_t(0);
+}
+
+// ---- host side -------------------------------------------------------------------------------
+
+struct ErrorSlots {
+  at::Tensor slots;  // int64 [3] on the device, initialised to rows
+  template <typename acc_t>
+  RowOutputs<acc_t> outputs(ProbLossForward& out) {
+    auto& [loss, lse, logp, counted] = out;
+    return {loss.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>(), logp.mutable_data_ptr<acc_t>(),
+            counted.mutable_data_ptr<bool>(), reinterpret_cast<unsigned long long*>(slots.mutable_data_ptr<int64_t>())};
+  }
+  // One device-to-host read per call turns device-side findings into a Python error.
+  void raise(const at::Tensor& target, int64_t vocab, int64_t ignore_index) const {
+    const auto host = slots.cpu();
+    const int64_t rows = target.size(0);
+    const int64_t bad = host[math::kBadTarget].item<int64_t>(), empty = host[math::kEmptyRow].item<int64_t>();
+    raise_prob_loss_row_errors(target, vocab, ignore_index, bad < rows ? bad : -1, empty < rows ? empty : -1);
+  }
+};
+
+ErrorSlots error_slots(const at::Tensor& target) {
+  return {at::full({3}, target.size(0), target.options())};
+}
+
+ProbLossForward forward(const ProbLossInputs& in) {
+  const DeviceGuard guard(in.logits.device());
+  const at::Tensor& logits = in.logits;
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  auto out = allocate_prob_loss_forward(rows, logits.options().dtype(acc_dtype(logits.scalar_type())));
+  if (rows == 0) return out;
+  check_grid_rows("objx.prob_loss", rows);
+  auto errors = error_slots(in.target);
+  const auto stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_forward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    OBJX_LAUNCH(rows, kThreads, 0, stream, prob_loss_forward_kernel<scalar_t, acc_t>)(
+        logits.const_data_ptr<scalar_t>(), logits.stride(0), in.target.const_data_ptr<int64_t>(),
+        make_prob_loss_params<acc_t>(in.opt, vocab), errors.outputs<acc_t>(out));
+    OBJX_LAUNCH_CHECK();
+  });
+  errors.raise(in.target, vocab, in.opt.ignore_index);
+  return out;
+}
+
+void launch_backward(const at::Tensor& logits, const at::Tensor& target, int64_t col_offset,
+                     const ProbLossSaved& saved, const ProbLossOptions& opt, int64_t vocab, at::Tensor& out) {
+  const int64_t rows = logits.size(0);
+  if (rows == 0) return;
+  check_grid_rows("objx.prob_loss", rows);
+  const auto stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    OBJX_LAUNCH(rows, kThreads, 0, stream, prob_loss_backward_kernel<scalar_t, acc_t>)(
+        saved.grad_loss.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(), logits.size(1),
+        logits.stride(0), target.const_data_ptr<int64_t>(), col_offset, saved.lse.const_data_ptr<acc_t>(),
+        saved.logp.const_data_ptr<acc_t>(), saved.counted.const_data_ptr<bool>(),
+        make_prob_loss_params<acc_t>(opt, vocab), out.mutable_data_ptr<scalar_t>(), out.stride(0));
+    OBJX_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor backward(const ProbLossInputs& in, const ProbLossSaved& saved) {
+  const DeviceGuard guard(in.logits.device());
+  auto grad = at::empty(in.logits.sizes(), in.logits.options().memory_format(at::MemoryFormat::Contiguous));
+  launch_backward(in.logits, in.target, 0, saved, in.opt, in.logits.size(1), grad);
+  return grad;
+}
+
+// ---- tiles of the fused LM-head loss --------------------------------------------------------
+
+void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
+                      const ProbLossOptions& opt, ProbTileState& state) {
+  const int64_t rows = tile.size(0);
+  if (rows == 0) return;
+  check_grid_rows("objx.prob_loss", rows);
+  const DeviceGuard guard(tile.device());
+  const auto stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, tile.scalar_type(), "objx_prob_tile_reduce", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t cap = opt.softcap ? static_cast<acc_t>(*opt.softcap) : acc_t(0);
+    OBJX_LAUNCH(rows, kThreads, 0, stream, prob_tile_reduce_kernel<scalar_t, acc_t>)(
+        tile.const_data_ptr<scalar_t>(), tile.size(1), tile.stride(0), target.const_data_ptr<int64_t>(),
+        col_offset, opt.ignore_index, cap, state.max.mutable_data_ptr<acc_t>(),
+        state.sum.mutable_data_ptr<acc_t>(), state.z_gold.mutable_data_ptr<acc_t>(),
+        state.sum_z.mutable_data_ptr<acc_t>());
+    OBJX_LAUNCH_CHECK();
+  });
+}
+
+ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target,
+                                 const ProbLossOptions& opt, int64_t vocab) {
+  const int64_t rows = target.size(0);
+  auto out = allocate_prob_loss_forward(rows, state.max.options());
+  if (rows == 0) return out;
+  const DeviceGuard guard(target.device());
+  auto errors = error_slots(target);
+  const auto stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES(state.max.scalar_type(), "objx_prob_tile_finish", [&] {
+    using acc_t = scalar_t;
+    constexpr int threads = 256;
+    OBJX_LAUNCH((rows + threads - 1) / threads, threads, 0, stream, prob_tile_finish_kernel<acc_t>)(
+        rows, target.const_data_ptr<int64_t>(), state.max.const_data_ptr<acc_t>(),
+        state.sum.const_data_ptr<acc_t>(), state.z_gold.const_data_ptr<acc_t>(),
+        state.sum_z.const_data_ptr<acc_t>(), make_prob_loss_params<acc_t>(opt, vocab),
+        errors.outputs<acc_t>(out));
+    OBJX_LAUNCH_CHECK();
+  });
+  errors.raise(target, vocab, opt.ignore_index);
+  return out;
+}
+
+void tile_grad(at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
+                    const ProbLossSaved& saved, const ProbLossOptions& opt, int64_t vocab) {
+  const DeviceGuard guard(tile.device());
+  launch_backward(tile, target, col_offset, saved, opt, vocab, tile);
+}
+
+}  // namespace
+}  // namespace objx::cuda
+
+namespace objx {
+extern const ProbKernels kCudaProbKernels{&cuda::forward, &cuda::backward, &cuda::tile_reduce, &cuda::tile_finish,
+                                          &cuda::tile_grad};
+}  // namespace objx

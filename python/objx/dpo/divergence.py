@@ -1,0 +1,73 @@
+"""SPEC §3.4: per-token divergences between the policy's and the reference's next-token
+distributions, without the [N, V] softmaxes (objx.vocab_divergence), with the ops' register_fake
+and register_autograd."""
+
+from typing import Optional
+
+import torch
+
+from .. import _autograd as ag
+from .._rows import rows
+from ..parallel import losses as sharded
+from .wasserstein import wasserstein_divergence
+
+KINDS = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "alpha", "tv")
+
+
+def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind: str = "kl", *,
+                     div_alpha: float = 0.5, mask: Optional[torch.Tensor] = None,
+                     token_embeddings: Optional[torch.Tensor] = None, process_group=None) -> torch.Tensor:
+    """D(softmax(policy_logits) || softmax(ref_logits)) per row of [..., V] logits -> [...].
+
+    kind: "kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi" (order div_alpha > 0,
+    != 1), "alpha" (Amari, div_alpha not in {0, 1}), "tv" (objx kernels, chunked over V), or
+    "wasserstein" (entropic OT on the top-64 union with cost 1 - cos over token_embeddings [V, E],
+    in PyTorch). Rows where mask [...] is False give 0 and no gradient. Differentiable in
+    policy_logits; the reference gets no gradient. process_group: both logits are this rank's
+    vocabulary shard (SPEC §4; every kind but "wasserstein", whose top-k needs whole rows;
+    objx.parallel.losses).
+    """
+    if kind == "wasserstein":
+        if process_group is not None:
+            raise ValueError("objx.vocab_divergence: kind 'wasserstein' does not take a process_group (its top-k "
+                             "support needs whole rows); gather the logits first")
+        if token_embeddings is None:
+            raise ValueError("objx.vocab_divergence: kind 'wasserstein' needs token_embeddings [V, E]")
+        shape, v = policy_logits.shape[:-1], policy_logits.shape[-1]
+        flat_mask = None if mask is None else mask.reshape(-1).to(torch.bool)
+        return wasserstein_divergence(policy_logits.reshape(-1, v), ref_logits.reshape(-1, v), token_embeddings,
+                                      mask=flat_mask).reshape(shape)
+    if kind not in KINDS:
+        raise ValueError(f"objx.vocab_divergence: kind must be one of {KINDS}, got {kind!r}")
+    if not isinstance(ref_logits, torch.Tensor) or ref_logits.shape != policy_logits.shape:
+        raise ValueError("objx.vocab_divergence: ref_logits must be a tensor of policy_logits' shape "
+                         f"{tuple(policy_logits.shape)}")
+    shape = policy_logits.shape[:-1]
+    z = rows("objx.vocab_divergence", policy_logits, "policy_logits")
+    r = rows("objx.vocab_divergence", ref_logits, "ref_logits", leading=shape)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.shape != shape:
+            raise ValueError(f"objx.vocab_divergence: mask must have shape {tuple(shape)}")
+        mask = mask.reshape(-1).to(torch.bool)
+    if process_group is not None:
+        return sharded.vocab_divergence("objx.vocab_divergence", z, r, kind, float(div_alpha), mask,
+                                        process_group=process_group).reshape(shape)
+    div, _stats = torch.ops.objx.vocab_divergence_forward(z, r, kind, float(div_alpha), mask)
+    return div.reshape(shape)
+
+
+# --- the ops as torch sees them ---------------------------------------------------------------
+
+@torch.library.register_fake("objx::vocab_divergence_forward")
+def _forward_fake(*inputs):
+    policy = inputs[0]
+    torch._check(policy.dim() == 2, lambda: "objx.vocab_divergence: policy_logits must be 2-D [N, V]")
+    acc = ag.acc_dtype(policy.dtype)
+    return policy.new_empty(policy.shape[0], dtype=acc), policy.new_empty(policy.shape[0], 4, dtype=acc)
+
+
+ag.register_grad_fake("vocab_divergence_backward", "policy_logits")
+ag.register_row_sums_fake("vocab_divergence_shard_sums")
+
+
+ag.register_logits_autograd("vocab_divergence_forward", "vocab_divergence_backward", grad_of="policy_logits")

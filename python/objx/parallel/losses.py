@@ -1,0 +1,219 @@
+"""The vocabulary-parallel forms of objx's losses (process_group=...; SPEC §4): each rank passes its
+vocabulary shard of the logits (or of the LM head) and gets the unsharded loss.
+
+- SFT losses: objx.reference's per-row formula on row statistics objx's kernel computes on the
+  shard (objx.parallel.vocab.target_row_stats); no collective in the backward.
+- Distillation (every method) and the js / tv divergences: objx's kernels on the shard take their
+  row sums under the merged whole-vocabulary log-sum-exps (objx.parallel.vocab.distill_soft,
+  sums_divergence); no collective in the backward.
+- kl, reverse_kl, hellinger, bhattacharyya, renyi, alpha divergences: objx's vocab_divergence
+  kernel on the shard, its row sums renormalised to the whole vocabulary
+  (objx.parallel.vocab.kernel_divergence); no collective in the backward.
+- Where a rank's shard is empty (V < P) or the two logits' dtypes differ: objx.reference's
+  formulas evaluated through objx.parallel.vocab.ShardedVocabulary in PyTorch, one row block at a
+  time under activation checkpointing, so that one block of [rows, V / P] temporaries is alive.
+- LM-head forms: one row block of shard logits at a time under checkpointing, then the above.
+Computed in float32 (float64 for float64 inputs). Every rank must take the same branch and the
+same row blocks: they issue the same collectives in the same order.
+"""
+
+from typing import Optional
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .. import reference
+from .._rows import reduce_rows
+from .._tiles import tile_budget_bytes
+from ..sft.objective import Objective
+from .._vocabulary import target_logprob_from
+from .vocab import (KERNEL_DIVERGENCES, SUMS_DIVERGENCES, ShardedVocabulary, check_group, check_targets,
+                             compute_dtype, distill_soft, kernel_divergence, replicated_to_shard, sums_divergence,
+                             target_row_stats)
+
+# Temporaries the reference formulas keep per logits entry (logits, masked copy, log-softmax, exp).
+_LIVE_COPIES = 6
+
+
+# Bytes of temporaries per row block; None: objx._tiles' budget for the device (tests set it small).
+BLOCK_BYTES: Optional[int] = None
+
+
+def _row_block(rows: int, vocab: ShardedVocabulary, device: torch.device) -> int:
+    """Rows per block, the same on every rank (from the largest shard): every rank must issue the
+    same collectives in the same order."""
+    budget = BLOCK_BYTES if BLOCK_BYTES is not None else tile_budget_bytes(device)
+    widest = -(-vocab.total // vocab.world)
+    return int(max(1, min(max(rows, 1), budget // (_LIVE_COPIES * 4 * widest))))
+
+
+def _head(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype) -> torch.Tensor:
+    logits = hidden.to(dtype) @ weight.to(dtype).T
+    return logits if bias is None else logits + bias.to(dtype)
+
+
+def _blocks(fn, rows: int, block: int, *tensors):
+    """fn(*row slices of tensors) -> tuple of per-row tensors, concatenated over row blocks; each
+    block recomputed in the backward (its collectives too: every rank replays them in order)."""
+    if rows <= block:  # one block: nothing to bound, no recompute
+        return fn(*tensors)
+    outs = []
+    for start in range(0, rows, block):
+        part = [t[start:start + block] if t is not None else None for t in tensors]
+        if torch.is_grad_enabled():
+            outs.append(checkpoint(fn, *part, use_reentrant=False))
+        else:
+            outs.append(fn(*part))
+    return tuple(torch.cat(parts) for parts in zip(*outs))
+
+
+def _prob_rows(z, y, obj: Objective, vocab: ShardedVocabulary, *, ignore_index, label_smoothing, z_loss, softcap):
+    """SPEC §1 per row from the kernel-computed row statistics (objx.parallel.vocab.target_row_stats):
+    (per-row loss, 0 where not counted; counted; p_y, 0 where ignored)."""
+    if label_smoothing and obj.kind != "nll":
+        raise ValueError("label_smoothing is only defined for objective 'nll'")
+    valid = y != ignore_index
+    others, z_y, row_sum = target_row_stats(z, torch.where(valid, y, torch.full_like(y, -1)), vocab, softcap=softcap,
+                                            want_sum=bool(label_smoothing))
+    logp = target_logprob_from(others, z_y)
+    lse = torch.logaddexp(others, z_y)
+    with torch.no_grad():
+        p = torch.where(valid, logp.exp(), torch.zeros_like(logp))
+        counted = valid.clone()
+        if obj.min_prob is not None:
+            counted &= ~(p < obj.min_prob)
+        if obj.max_prob is not None:
+            counted &= ~(p > obj.max_prob)
+    mean_z = row_sum / vocab.total if label_smoothing else None
+    f = reference.row_loss(obj, logp, lse, mean_z, label_smoothing, z_loss)
+    return torch.where(counted, f, torch.zeros_like(f)), counted, p
+
+
+def prob_loss(fn: str, z: torch.Tensor, y: torch.Tensor, obj: Objective, shape, *, ignore_index, reduction,
+              label_smoothing, z_loss, softcap, return_token_prob, process_group):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
+    check_targets(fn, y, vocab, ignore_index)
+    rows, counted, p = _prob_rows(z, y, obj, vocab, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                  z_loss=z_loss, softcap=softcap)
+    loss = reduce_rows(rows, counted, reduction, shape)
+    return (loss, p.to(torch.float32).reshape(shape)) if return_token_prob else loss
+
+
+def linear_prob_loss(fn: str, hidden: torch.Tensor, weight: torch.Tensor, bias, y: torch.Tensor, obj: Objective,
+                     shape, *, ignore_index, reduction, label_smoothing, z_loss, softcap, return_token_prob,
+                     process_group, tile_size=None):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, weight.shape[0], hidden.device, fn)
+    check_targets(fn, y, vocab, ignore_index)
+    dtype = compute_dtype(hidden, weight)
+    h = replicated_to_shard(hidden, process_group)  # every rank's shard adds to grad_hidden
+
+    def block(h_b, y_b):
+        return _prob_rows(_head(h_b, weight, bias, dtype), y_b, obj, vocab, ignore_index=ignore_index,
+                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+
+    # A row block holds as many shard logits as the unsharded head's tile of tile_size columns.
+    size = max(1, tile_size * h.shape[0] // vocab.total) if tile_size else _row_block(h.shape[0], vocab, h.device)
+    rows, counted, p = _blocks(block, h.shape[0], size, h, y)
+    loss = reduce_rows(rows, counted, reduction, shape)
+    return (loss, p.to(torch.float32).reshape(shape)) if return_token_prob else loss
+
+
+def _distill_out(rows, counted, terms, reduction, shape, return_terms):
+    loss = reduce_rows(rows, counted, reduction, shape)
+    if not return_terms:
+        return loss
+    # Rows that do not count report soft = hard = 0 and U = 1, as the kernels do.
+    fill = {"soft": 0.0, "hard": 0.0, "U": 1.0}
+    return loss, {k: torch.where(counted, v, torch.full_like(v, fill[k])).reshape(shape) for k, v in terms.items()}
+
+
+def _kernel_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, method, temperature, beta, hard_weight,
+                         soft_weight):
+    """Distillation from objx's kernels on the shard (objx.parallel.vocab.distill_soft; the hard term
+    from the SFT row statistics): (rows, counted, terms)."""
+    soft, stats = distill_soft(s, t, method, temperature, beta, vocab)
+    u = torch.exp(stats[:, 2] - stats[:, 3] / float(temperature))
+    if y is None:
+        counted = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        hard = torch.zeros_like(soft)
+    else:
+        counted = y != ignore_index
+        others, z_y, _ = target_row_stats(s, torch.where(counted, y, torch.full_like(y, -1)), vocab)
+        hard = -target_logprob_from(others, z_y)
+    rows = soft_weight * soft + (hard_weight * hard if hard_weight else 0.0)
+    return torch.where(counted, rows, torch.zeros_like(rows)), counted, {"soft": soft, "hard": hard, "U": u}
+
+
+def _kernels_serve(vocab: ShardedVocabulary) -> bool:
+    """objx's kernels take every shard; the same answer on every rank, which must issue the same
+    collectives. An empty shard (V < P) takes the reference formulas instead."""
+    return min(vocab.sizes) > 0
+
+
+def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], shape, *, ignore_index,
+                 reduction, return_terms, process_group, **method_kwargs):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, s.shape[-1], s.device, fn)
+    if y is not None:
+        check_targets(fn, y, vocab, ignore_index)
+    if _kernels_serve(vocab) and s.dtype == t.dtype:
+        return _distill_out(*_kernel_distill_rows(s, t, y, vocab, ignore_index=ignore_index, **method_kwargs),
+                            reduction, shape, return_terms)
+    dtype = compute_dtype(s, t)
+
+    def block(s_b, t_b, y_b):
+        rows, counted, terms = reference.distill_rows(s_b, t_b, y_b, ignore_index=ignore_index, dtype=dtype,
+                                                      vocab=vocab, **method_kwargs)
+        return rows, counted, terms["soft"], terms["hard"], terms["U"]
+
+    # Row blocks under checkpointing bound the formulas' [rows, V / P] temporaries to one block.
+    rows, counted, soft, hard, u = _blocks(block, s.shape[0], _row_block(s.shape[0], vocab, s.device), s, t, y)
+    return _distill_out(rows, counted, {"soft": soft, "hard": hard, "U": u}, reduction, shape, return_terms)
+
+
+def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_index, reduction, return_terms,
+                        process_group, row_block=None, **method_kwargs):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, ws.shape[0], hs.device, fn)
+    if y is not None:
+        check_targets(fn, y, vocab, ignore_index)
+    dtype = compute_dtype(hs, ws)
+    h = replicated_to_shard(hs, process_group)
+
+    kernels = _kernels_serve(vocab)
+
+    def block(h_b, ht_b, y_b):
+        with torch.no_grad():
+            teacher = _head(ht_b, wt, bt, dtype)
+        student = _head(h_b, ws, bs, dtype)
+        if kernels:
+            rows, counted, terms = _kernel_distill_rows(student, teacher, y_b, vocab, ignore_index=ignore_index,
+                                                        **method_kwargs)
+        else:
+            rows, counted, terms = reference.distill_rows(student, teacher, y_b, ignore_index=ignore_index,
+                                                          dtype=dtype, vocab=vocab, **method_kwargs)
+        return rows, counted, terms["soft"], terms["hard"], terms["U"]
+
+    size = row_block or _row_block(h.shape[0], vocab, h.device)
+    rows, counted, soft, hard, u = _blocks(block, h.shape[0], size, h, ht, y)
+    return _distill_out(rows, counted, {"soft": soft, "hard": hard, "U": u}, reduction, shape, return_terms)
+
+
+def vocab_divergence(fn: str, z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, *, process_group):
+    check_group(fn, process_group)
+    vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
+    if _kernels_serve(vocab) and z.dtype == r.dtype:
+        if kind in KERNEL_DIVERGENCES:
+            return kernel_divergence(z, r, kind, div_alpha, mask, vocab)
+        if kind in SUMS_DIVERGENCES:
+            return sums_divergence(z, r, kind, div_alpha, mask, vocab)
+    dtype = compute_dtype(z, r)
+
+    def block(z_b, r_b, mask_b):
+        return (reference.vocab_divergence(z_b, r_b, kind, div_alpha=div_alpha, mask=mask_b, dtype=dtype,
+                                           vocab=vocab),)
+
+    (div,) = _blocks(block, z.shape[0], _row_block(z.shape[0], vocab, z.device), z, r, mask)
+    return div

@@ -1,0 +1,120 @@
+"""SPEC §1.1: the SFT objectives on hidden states and an LM head, without ever building the [N, V]
+logits (objx.linear_prob_loss, objx.LinearProbLoss, objx.linear_token_logprobs), with the ops'
+register_fake and register_autograd."""
+
+from typing import Optional, Union
+
+import torch
+
+from .. import _autograd as ag
+from .._rows import check_reduction, flatten_rows, reduce_rows
+from .._tiles import slicing, tile_budget_bytes
+from ..parallel import losses as sharded
+from ..parallel.dtensor import gathered_weight
+from .objective import Objective, resolve_objective
+
+
+def auto_tile_size(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Vocabulary columns per tile, from N, V and (on CUDA) free memory."""
+    # A tile of logits plus its gradient in place, and the per-row float32 state.
+    per_column = max(rows, 1) * max(torch.finfo(dtype).bits // 8, 4)
+    columns = max(tile_budget_bytes(device) // per_column, 256)
+    columns = columns // 256 * 256
+    return int(min(columns, vocab))
+
+
+def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None, objective: Union[str, Objective] = "nll", *,
+                     alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
+                     ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                     z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
+                     tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
+                     process_group=None, chunk_size: Optional[int] = None):
+    """prob_loss(hidden @ weight.T + bias, target, objective, ...) without the [N, V] logits.
+
+    hidden [..., D], weight [V, D], bias [V] or None, target [...]. tile_size: vocabulary columns
+    per logits tile (chosen from the shapes and free memory when None); the logits are made one
+    [N, tile_size] tile at a time, or, with grad_in_forward, one row block with every column and
+    as many logits (tile_size · N / V rows) at a time. grad_in_forward=True computes the gradients
+    during the forward (one GEMM pass fewer; needs reduction "mean" or "sum"); by default it is on
+    for those reductions when a gradient will be needed. chunk_size: deprecated alias of tile_size.
+    process_group: weight (and bias) are this rank's vocabulary shard of the LM head and hidden is
+    the same on every rank (SPEC §4); grad_hidden is summed over the group. That path runs in
+    PyTorch, in row blocks holding as many logits as a tile (objx.parallel.losses).
+    """
+    check_reduction(reduction)
+    tile_size = slicing("objx.linear_prob_loss", "tile_size", tile_size, chunk_size)
+    obj = resolve_objective(objective, alpha, min_prob, max_prob)
+    rows_hidden, rows_target = flatten_rows("objx.linear_prob_loss", hidden, target, name="hidden", last="D")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"objx.linear_prob_loss: weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"objx.linear_prob_loss: weight must be 2-D [V, D], got shape {tuple(weight.shape)}")
+    weight = gathered_weight(weight, "objx.linear_prob_loss", process_group)
+    if process_group is not None:
+        return sharded.linear_prob_loss(
+            "objx.linear_prob_loss", rows_hidden, weight, bias, rows_target, obj, target.shape,
+            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+            softcap=softcap, return_token_prob=return_token_prob, process_group=process_group, tile_size=tile_size)
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    if grad_in_forward is None:
+        grad_in_forward = needs_grad and reduction != "none"
+    if grad_in_forward and reduction == "none":
+        raise ValueError("objx.linear_prob_loss: grad_in_forward needs reduction 'mean' or 'sum' "
+                         "(per-row upstream gradients are unknown in the forward)")
+    if tile_size is None:
+        tile_size = auto_tile_size(rows_hidden.shape[0], weight.shape[0], hidden.dtype, hidden.device)
+    loss_rows, _lse, token_logprob, counted, *_grads = torch.ops.objx.linear_prob_loss_forward(
+        rows_hidden, weight, bias, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
+        int(ignore_index), float(label_smoothing), float(z_loss), None if softcap is None else float(softcap),
+        tile_size, bool(grad_in_forward))
+    loss = reduce_rows(loss_rows, counted, reduction, target.shape)
+    if return_token_prob:
+        return loss, token_logprob.exp().to(torch.float32).reshape(target.shape)
+    return loss
+
+
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                          bias: Optional[torch.Tensor] = None, *, ignore_index: int = -100,
+                          tile_size: Optional[int] = None, process_group=None,
+                          chunk_size: Optional[int] = None) -> torch.Tensor:
+    """log p(target) per row of hidden @ weight.T + bias (SPEC §3.1), 0 for ignored rows;
+    differentiable in hidden, weight and bias; the logits are never built. process_group: as in
+    linear_prob_loss; chunk_size: deprecated alias of tile_size."""
+    tile_size = slicing("objx.linear_token_logprobs", "tile_size", tile_size, chunk_size)
+    return -linear_prob_loss(hidden, weight, target, bias, "nll", ignore_index=ignore_index,
+                             reduction="none", tile_size=tile_size, grad_in_forward=False,
+                             process_group=process_group)
+
+
+class LinearProbLoss(torch.nn.Module):
+    """nn.Module form of objx.linear_prob_loss; forward(hidden, weight, target, bias=None)."""
+
+    def __init__(self, objective: Union[str, Objective] = "nll", *, alpha: float = 1.0,
+                 min_prob: Optional[float] = None, max_prob: Optional[float] = None, ignore_index: int = -100,
+                 reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 softcap: Optional[float] = None, return_token_prob: bool = False,
+                 tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None, process_group=None,
+                 chunk_size: Optional[int] = None):
+        super().__init__()
+        check_reduction(reduction)
+        tile_size = slicing("objx.LinearProbLoss", "tile_size", tile_size, chunk_size)
+        self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
+        self.kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                           z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
+                           tile_size=tile_size, grad_in_forward=grad_in_forward, process_group=process_group)
+
+    def forward(self, hidden, weight, target, bias=None):
+        return linear_prob_loss(hidden, weight, target, bias, self.objective, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return f"objective={self.objective.name!r}, reduction={self.kwargs['reduction']!r}"
+
+
+# --- the ops as torch sees them ---------------------------------------------------------------
+
+ag.register_head_fakes("linear_prob_loss_forward", "linear_prob_loss_backward", head=("hidden", "weight", "bias"),
+                       row_outputs=((), (), (), bool))  # loss, lse, token_logprob, counted
+ag.register_head_autograd("objx.linear_prob_loss", "linear_prob_loss_forward", "linear_prob_loss_backward",
+                          head=("hidden", "weight", "bias"))

@@ -1,0 +1,100 @@
+"""SPEC §1: probability-based SFT objectives on logits (objx.prob_loss, objx.ProbLoss) and the
+per-token log-probabilities built on them (objx.token_logprobs, SPEC §3.1), with the ops'
+register_fake and register_autograd."""
+
+from typing import Optional, Union
+
+import torch
+
+from .. import _autograd as ag
+from .._rows import check_reduction, flatten_rows, reduce_rows
+from ..parallel import losses as sharded
+from .objective import Objective, resolve_objective
+
+
+def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, Objective] = "nll", *,
+              alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
+              ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+              z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
+              process_group=None):
+    """Loss of a probability-based objective f(p_y) over rows of logits [..., V] with targets [...].
+
+    objective: "nll" | "power" | "log1m", the paper's "-p" / "-p^K", or an objx.Objective.
+    Rows whose target is ignore_index, or whose p_y is outside [min_prob, max_prob], count as 0;
+    "mean" divides by the number of counted rows. The full softmax is never materialised.
+    With return_token_prob=True also returns p_y per row (float32, no gradient; 0 where ignored).
+    process_group: logits are this rank's vocabulary shard (SPEC §4; objx.parallel.losses); the
+    loss is the unsharded one, the gradient this shard's.
+    """
+    check_reduction(reduction)
+    obj = resolve_objective(objective, alpha, min_prob, max_prob)
+    rows_logits, rows_target = flatten_rows("objx.prob_loss", logits, target)
+    if process_group is not None:
+        return sharded.prob_loss("objx.prob_loss", rows_logits, rows_target, obj, target.shape,
+                                 ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                                 z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
+                                 process_group=process_group)
+    loss_rows, _lse, token_logprob, counted = torch.ops.objx.prob_loss_forward(
+        rows_logits, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
+        int(ignore_index), float(label_smoothing), float(z_loss),
+        None if softcap is None else float(softcap))
+    loss = reduce_rows(loss_rows, counted, reduction, target.shape)
+    if return_token_prob:
+        return loss, token_logprob.exp().to(torch.float32).reshape(target.shape)
+    return loss
+
+
+class ProbLoss(torch.nn.Module):
+    """nn.Module form of objx.prob_loss; forward(logits, target)."""
+
+    def __init__(self, objective: Union[str, Objective] = "nll", *, alpha: float = 1.0,
+                 min_prob: Optional[float] = None, max_prob: Optional[float] = None,
+                 ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                 z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
+                 process_group=None):
+        super().__init__()
+        check_reduction(reduction)
+        self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.return_token_prob = return_token_prob
+        self.process_group = process_group
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor):
+        return prob_loss(logits, target, self.objective, ignore_index=self.ignore_index,
+                         reduction=self.reduction, label_smoothing=self.label_smoothing,
+                         z_loss=self.z_loss, softcap=self.softcap,
+                         return_token_prob=self.return_token_prob, process_group=self.process_group)
+
+    def extra_repr(self) -> str:
+        return f"objective={self.objective.name!r}, reduction={self.reduction!r}"
+
+
+def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
+                   process_group=None) -> torch.Tensor:
+    """log p(target) per row of logits [..., V] -> [...], 0 where target == ignore_index;
+    differentiable, the softmax never built (the nll kernels of prob_loss with reduction="none").
+    process_group: logits are this rank's vocabulary shard (SPEC §4)."""
+    return -prob_loss(logits, target, "nll", ignore_index=ignore_index, reduction="none",
+                      process_group=process_group)
+
+
+# --- the ops as torch sees them ---------------------------------------------------------------
+
+@torch.library.register_fake("objx::prob_loss_forward")
+def _forward_fake(*inputs):
+    logits, target = inputs[:2]
+    torch._check(logits.dim() == 2, lambda: "objx.prob_loss: logits must be 2-D [N, V]")
+    torch._check(target.shape == logits.shape[:1], lambda: "objx.prob_loss: target must be [N]")
+    rows, acc = logits.shape[0], ag.acc_dtype(logits.dtype)
+    return (logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=acc),
+            logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=torch.bool))
+
+
+ag.register_grad_fake("prob_loss_backward", "logits")
+
+
+ag.register_logits_autograd("prob_loss_forward", "prob_loss_backward", grad_of="logits")
