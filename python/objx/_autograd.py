@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from . import _C  # noqa: F401  (importing registers torch.ops.objx.*)
+from . import _library  # noqa: F401  (importing registers torch.ops.objx.*)
 
 
 @functools.cache

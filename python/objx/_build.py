@@ -2,18 +2,20 @@
 
 import torch
 
-from . import _C
+from . import _build_config as config
+from . import _library  # noqa: F401  (the build is only usable if its ops load)
 
 
 def build_info() -> dict:
     """Version, the torch it was built against and runs with, and its CUDA kernels."""
-    archs = [a for a in str(_C.cuda_archs).replace(";", ",").split(",") if a]
     return {
-        "version": str(_C.__version__),
-        "torch_built_with": str(_C.torch_version),
+        "version": config.VERSION,
+        "torch_built_with": config.TORCH_VERSION,
         "torch_running": torch.__version__,
-        "cuda_compiled": bool(_C.cuda_compiled),
-        "cuda_archs": archs if _C.cuda_compiled else [],
-        "cuda_sim": bool(_C.cuda_sim),
+        "cuda_compiled": config.CUDA_COMPILED,
+        "cuda_archs": list(config.CUDA_ARCHS),
+        "cuda_sim": config.CUDA_SIM,
+        "sanitize": config.SANITIZE,
         "cuda_available": torch.cuda.is_available(),
+        "library": _library.LIBRARY,
     }
