@@ -3,7 +3,9 @@
 #include <cstdint>
 #include <limits>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/Dispatch.h>
 
 #include "common/acc_type.h"
