@@ -12,7 +12,7 @@ BENCH_OUT ?= bench/out/bench-$(shell date +%Y%m%d-%H%M%S).json
 # against csrc/sim, in its own build folder and install target, shadowing the normal install only
 # for the tests it runs. SANITIZE=address adds AddressSanitizer (CI runs SIM_TESTS_ASAN then).
 SANITIZE ?=
-SIM_DIR := build/cuda-sim$(if $(SANITIZE),-$(SANITIZE))
+SIM_DIR ?= build/cuda-sim$(if $(SANITIZE),-$(SANITIZE))
 SIM_SITE := $(SIM_DIR)/site
 SIM_REPORT := $(SIM_DIR)/launches.json
 SIM_TESTS ?= tests

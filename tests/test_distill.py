@@ -40,7 +40,7 @@ def check(student, teacher, target, reduction="mean", **kw):
     assert_close(a.grad, b.grad, grad_tol, f"grad {kw}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 @pytest.mark.parametrize("method", METHODS)
 def test_matches_reference(device, method, temperature, dtype):

@@ -11,7 +11,7 @@ import objx  # noqa: F401  (loads the ops)
 from helpers import TOLERANCES, assert_close
 
 ops = torch.ops.objx
-DTYPES = [torch.float64, torch.float32, torch.bfloat16]
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
 def logits(rows, vocab, dtype, device, scale=3.0):

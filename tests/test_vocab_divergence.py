@@ -42,7 +42,7 @@ def check(policy, ref, kind, div_alpha, mask=None):
     assert_close(got, want, grad_tol, f"grad {kind}({div_alpha})")
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("kind, div_alpha", KINDS)
 def test_matches_reference(device, kind, div_alpha, dtype):
     policy, ref = make_pair(16, 2500, dtype=dtype, device=device)

@@ -234,7 +234,8 @@ at::Tensor backward(const ProbLossInputs& in, const ProbLossSaved& saved) {
 void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
                       const ProbLossOptions& opt, ProbTileState& state) {
   const int64_t cols = tile.size(1), stride = tile.stride(0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, tile.scalar_type(), "objx_prob_tile_reduce", [&] {
+  // Tiles come from the head's GEMMs in the accumulation dtype (common/head_gemms.h).
+  AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "objx_prob_tile_reduce", [&] {
     using acc_t = acc_type<scalar_t>;
     const auto prm = make_prob_loss_params<acc_t>(opt, cols);
     const scalar_t* z = tile.const_data_ptr<scalar_t>();

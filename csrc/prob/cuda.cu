@@ -281,7 +281,8 @@ void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_o
   check_grid_rows("objx.prob_loss", rows);
   const DeviceGuard guard(tile.device());
   const auto stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, tile.scalar_type(), "objx_prob_tile_reduce", [&] {
+  // Tiles come from the head's GEMMs in the accumulation dtype (common/head_gemms.h).
+  AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "objx_prob_tile_reduce", [&] {
     using acc_t = acc_type<scalar_t>;
     const acc_t cap = opt.softcap ? static_cast<acc_t>(*opt.softcap) : acc_t(0);
     OBJX_LAUNCH(rows, kThreads, 0, stream, prob_tile_reduce_kernel<scalar_t, acc_t>)(
