@@ -18,7 +18,9 @@ SIM_REPORT := $(SIM_DIR)/launches.json
 SIM_TESTS ?= tests
 SIM_ENV := PYTHONPATH=$(abspath $(SIM_SITE)) OBJX_CUDA_SIM_REPORT=$(abspath $(SIM_REPORT))
 ifeq ($(SANITIZE),address)
-SIM_ENV += LD_PRELOAD=$(shell $(CXX) -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0
+# libstdc++ is preloaded too: python does not link it, and ASan must see its __cxa_throw at start-up.
+SIM_ENV += LD_PRELOAD="$(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)" \
+  ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0
 endif
 
 .PHONY: build test bench clean build-cuda-sim test-cuda-sim
