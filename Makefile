@@ -21,6 +21,8 @@ ifeq ($(SANITIZE),address)
 # libstdc++ is preloaded too: python does not link it, and ASan must see its __cxa_throw at start-up.
 SIM_ENV += LD_PRELOAD="$(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)" \
   ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0
+# An ASan report ends the process: pytest must not hold fd 2 in its capture file, or it is lost.
+SIM_PYTEST_FLAGS := --capture=sys
 endif
 
 .PHONY: build test bench clean build-cuda-sim test-cuda-sim
@@ -48,7 +50,7 @@ build-cuda-sim: $(DEPS_STAMP)
 # every kernel of csrc was launched for every dtype it is instantiated for.
 test-cuda-sim: build-cuda-sim
 	rm -f $(SIM_REPORT)
-	$(SIM_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider $(SIM_TESTS)
+	$(SIM_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider $(SIM_PYTEST_FLAGS) $(SIM_TESTS)
 ifeq ($(SIM_TESTS),tests)
 	$(SIM_ENV) OBJX_SIM_CHECK_LAUNCHES=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/sim/test_launches.py
 endif
