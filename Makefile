@@ -16,7 +16,9 @@ SIM_DIR ?= build/cuda-sim$(if $(SANITIZE),-$(SANITIZE))
 SIM_SITE := $(SIM_DIR)/site
 SIM_REPORT := $(SIM_DIR)/launches.json
 SIM_TESTS ?= tests
-SIM_ENV := PYTHONPATH=$(abspath $(SIM_SITE)) OBJX_CUDA_SIM_REPORT=$(abspath $(SIM_REPORT))
+# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP workers otherwise spin after every op, taking the cores the
+# simulated blocks run on.
+SIM_ENV := PYTHONPATH=$(abspath $(SIM_SITE)) OBJX_CUDA_SIM_REPORT=$(abspath $(SIM_REPORT)) OMP_WAIT_POLICY=PASSIVE
 ifeq ($(SANITIZE),address)
 # libstdc++ is preloaded too: python does not link it, and ASan must see its __cxa_throw at start-up.
 SIM_ENV += LD_PRELOAD="$(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so)" \

@@ -551,48 +551,52 @@ void Worker::run_block(const KernelLaunch& l, std::uint64_t block) {
 
 // ---- OS threads ------------------------------------------------------------------------------
 
-// The calling thread runs blocks too, with up to OBJX_CUDA_SIM_THREADS - 1 helpers. Blocks are dealt
-// out round-robin, not on demand: each OS thread then runs the same blocks in the same order from
-// run to run, so what a block finds left in __shared__ memory (and a racy kernel's result) repeats.
+// The calling thread runs blocks too, with up to OBJX_CUDA_SIM_THREADS - 1 helpers that take blocks
+// as they come. The launch waits only for helpers that have joined it: on a busy machine a helper
+// woken late finds the grid done and goes back to sleep. Which OS thread runs a block varies, so
+// only what a block finds left in __shared__ memory depends on it (results of race-free kernels
+// do not: a block's schedule depends on its index alone).
 class BlockPool {
  public:
   explicit BlockPool(unsigned helpers) {
-    for (unsigned i = 0; i < helpers; ++i) helpers_.emplace_back([this, i] { help(i + 1); });
+    for (unsigned i = 0; i < helpers; ++i) helpers_.emplace_back([this] { help(); });
   }
 
   void run(const KernelLaunch& l, std::uint64_t blocks) {
-    const unsigned helpers = static_cast<unsigned>(std::min<std::uint64_t>(helpers_.size(), blocks - 1));
     {
       std::lock_guard<std::mutex> lock(mutex_);
       launch_ = &l;
       blocks_ = blocks;
-      participants_ = helpers + 1;
-      helpers_running_ = helpers;
+      next_block_.store(0, std::memory_order_relaxed);
+      accepting_ = true;
       ++generation_;
     }
-    if (helpers > 0) wake_.notify_all();
-    run_blocks(0);
+    for (std::uint64_t i = 0; i < std::min<std::uint64_t>(helpers_.size(), blocks - 1); ++i) wake_.notify_one();
+    run_blocks();
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return helpers_running_ == 0; });
+    accepting_ = false;
+    done_.wait(lock, [&] { return joined_ == 0; });
   }
 
  private:
-  void run_blocks(unsigned participant) {
+  void run_blocks() {
     Worker& w = this_worker();
-    for (std::uint64_t b = participant; b < blocks_; b += participants_) w.run_block(*launch_, b);
+    for (std::uint64_t b; (b = next_block_.fetch_add(1, std::memory_order_relaxed)) < blocks_;)
+      w.run_block(*launch_, b);
   }
 
-  void help(unsigned participant) {
+  void help() {
     std::uint64_t seen = 0;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
       wake_.wait(lock, [&] { return generation_ != seen; });
       seen = generation_;
-      if (participant >= participants_) continue;
+      if (!accepting_) continue;
+      ++joined_;
       lock.unlock();
-      run_blocks(participant);
+      run_blocks();
       lock.lock();
-      if (--helpers_running_ == 0) done_.notify_one();
+      if (--joined_ == 0) done_.notify_one();
     }
   }
 
@@ -600,7 +604,9 @@ class BlockPool {
   std::condition_variable wake_, done_;
   const KernelLaunch* launch_ = nullptr;
   std::uint64_t blocks_ = 0, generation_ = 0;
-  unsigned participants_ = 1, helpers_running_ = 0;
+  std::atomic<std::uint64_t> next_block_{0};
+  bool accepting_ = false;  // helpers may still join the current launch
+  unsigned joined_ = 0;     // helpers running blocks of it
   std::vector<std::thread> helpers_;
 };
 

@@ -6,13 +6,13 @@
 // it reaches a barrier (__syncthreads, __syncwarp, a warp shuffle) or returns; the order in which the
 // runnable threads run changes at every barrier (a seeded permutation, see OBJX_CUDA_SIM_SEED), so a
 // read of another thread's __shared__ write without a barrier gets a wrong value. Divergent barriers
-// and deadlocks abort with the kernel, the block and where each thread waits. Blocks are dealt
-// round-robin to a pool of OS threads, each block wholly on one of them; launches are synchronous.
+// and deadlocks abort with the kernel, the block and where each thread waits. Blocks go to a pool
+// of OS threads, each block wholly on one of them; launches are synchronous.
 //
 // What it cannot show: real warp scheduling (lanes run one after another, never in lockstep), the
 // GPU memory model (fences, caches, ordering between blocks beyond atomics), performance, and
 // device math: exp, log, ... are the host's libm, so float results may differ from CUDA's by
-// rounding (CUDA's own functions are within a few ulp of the host's).
+// rounding (CUDA's expf, logf, ... and their fast intrinsics differ from glibc's by a few ulp).
 //
 // Environment: OBJX_CUDA_SIM_THREADS (OS threads running blocks; default: the hardware's),
 // OBJX_CUDA_SIM_STACK_KB (stack per simulated thread; default 256),

@@ -5,7 +5,6 @@
 //   T=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 //   g++ -std=c++20 -O1 -g [-fsanitize=address] -Wno-unknown-pragmas -DOBJX_CUDA_SIM -Icsrc -isystem $T/include
 //       csrc/sim/sim_check.cpp csrc/sim/cuda_sim.cpp -o /tmp/sim_check -lpthread && /tmp/sim_check
-#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
