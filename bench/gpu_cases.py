@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import sys
 import time
@@ -37,26 +36,6 @@ DIV_KINDS = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "a
 DIV_ALPHA = {"renyi": 2.0, "alpha": 0.3}
 # (rows, hidden, vocab) for the one-call-per-family modes.
 PRESETS = {"gpu": (2048, 1024, 32768), "tiny": (16, 32, 512)}
-
-
-def _kw(fn, names, value):
-    """{name: value} for the first of names that fn takes (the API renames keywords: chunk_size
-    became tile_size / row_block); {} when value is None."""
-    if value is None:
-        return {}
-    params = inspect.signature(fn).parameters
-    for name in names:
-        if name in params:
-            return {name: value}
-    raise TypeError(f"{fn.__name__} takes none of {names}")
-
-
-def tile_kw(value):
-    return _kw(objx.linear_prob_loss, ("tile_size", "chunk_size"), value)
-
-
-def row_block_kw(value):
-    return _kw(objx.linear_distill_loss, ("row_block", "chunk_size"), value)
 
 
 class Inputs:
@@ -159,7 +138,7 @@ def memcheck_cases(dtype, inp):
                 b = inp.vector(1001, dtype) if with_bias else None
                 y = inp.target(19, 1001, ignored=(3, 11))
                 loss = objx.linear_prob_loss(h, w, y, b, "-p", reduction=reduction, grad_in_forward=grad_in_forward,
-                                             **tile_kw(256))
+                                             tile_size=256)
                 backward(loss, inp)
             yield f"linear_prob_loss grad_in_forward={grad_in_forward} bias={with_bias} {dt}", head
     yield f"linear_prob_loss none (tiles) {dt}", lambda: head(False, True, "none")
@@ -168,12 +147,12 @@ def memcheck_cases(dtype, inp):
         h, w = inp.matrix(5, 8, dtype, grad=False), inp.matrix(300, 8, dtype, grad=False)
         y = inp.target(5, 300)
         y[2] = 300
-        expect_index_error(lambda: objx.linear_prob_loss(h, w, y, **tile_kw(128)))
+        expect_index_error(lambda: objx.linear_prob_loss(h, w, y, tile_size=128))
     yield f"linear_prob_loss bad target {dt}", head_bad_target
 
     def head_logprobs():
         h, w = inp.matrix(9, 16, dtype), inp.matrix(777, 16, dtype, scale=0.5)
-        backward(objx.linear_token_logprobs(h, w, inp.target(9, 777), **tile_kw(256)), inp)
+        backward(objx.linear_token_logprobs(h, w, inp.target(9, 777), tile_size=256), inp)
     yield f"linear_token_logprobs {dt}", head_logprobs
 
     # Distillation on logits: every method, with and without target, aligned and not.
@@ -206,7 +185,7 @@ def memcheck_cases(dtype, inp):
                 bt = inp.vector(1001, dtype, grad=False) if not grad_in_forward else None
                 y = inp.target(19, 1001, ignored=(2, 7))
                 loss = objx.linear_distill_loss(hs, ws, ht, wt, y, student_bias=bs, teacher_bias=bt, method=method,
-                                                temperature=2.0, grad_in_forward=grad_in_forward, **row_block_kw(4))
+                                                temperature=2.0, grad_in_forward=grad_in_forward, row_block=4)
                 backward(loss, inp)
             yield f"linear_distill_loss {method} grad_in_forward={grad_in_forward} {dt}", two_heads
 
