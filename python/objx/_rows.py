@@ -6,6 +6,10 @@ from typing import Optional
 import torch
 
 REDUCTIONS = ("mean", "sum", "none")
+# The dtypes every kernel is built for; anything else (float8, integers) is refused by name here
+# rather than by the dispatcher's "not implemented for" message.
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 
 def check_reduction(reduction: str) -> None:
@@ -13,39 +17,72 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def check_tensor(fn: str, x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_float(fn: str, x: torch.Tensor, name: str) -> None:
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: {name} must be float64, float32, bfloat16 or float16, got {x.dtype}")
+
+
+def check_devices(fn: str, anchor_name: str, anchor: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
+    """Every other tensor argument (None skipped) on anchor's device: mixed devices would otherwise
+    reach a kernel that reads one of them as if it were on the other (a meta target gave garbage)."""
+    for name, x in others.items():
+        if x is not None and x.device != anchor.device:
+            raise ValueError(f"{fn}: {name} is on {x.device} but {anchor_name} is on {anchor.device}")
+
+
+def check_ignore_index(fn: str, ignore_index) -> int:
+    """ignore_index as an int64: a float (-99.5) would be truncated by int() and 2**70 refused by
+    the op's schema with a message that does not name it."""
+    if isinstance(ignore_index, bool) or not hasattr(ignore_index, "__index__"):
+        raise TypeError(f"{fn}: ignore_index must be an integer, got {ignore_index!r}")
+    value = int(ignore_index.__index__())
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{fn}: ignore_index must fit in int64, got {value}")
+    return value
+
+
 def rows(fn: str, x, name: str = "logits", last: str = "V", leading: Optional[torch.Size] = None) -> torch.Tensor:
     """x [..., last] -> [N, last] (a view when possible); `leading`: the shape x's leading dims must
     have (another input's, named in the error), or None for any."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(fn, x, name)
     if x.dim() < 2:
         raise ValueError(f"{fn}: {name} must be [..., {last}] with at least 2 dims, got shape {tuple(x.shape)}")
+    check_float(fn, x, name)
     if leading is not None and x.shape[:-1] != leading:
         raise ValueError(f"{fn}: {name} must have leading dims {tuple(leading)}, got shape {tuple(x.shape)}")
     return x.reshape(x.shape[:-1].numel(), x.shape[-1])
 
 
 def flatten_rows(fn: str, rows_input, target, name: str = "logits", last: str = "V"):
-    """rows_input [..., last] (logits or hidden states) and target [...] -> [N, last], [N] (views
-    when possible)."""
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
+    """rows_input [..., last] (logits or hidden states) and target [...] on its device -> [N, last],
+    [N] (views when possible)."""
+    check_tensor(fn, target, "target")
     x = rows(fn, rows_input, name, last)
     if target.shape != rows_input.shape[:-1]:
         raise ValueError(f"{fn}: target must have shape {tuple(rows_input.shape[:-1])} ({name}' leading dims), "
                          f"got {tuple(target.shape)}")
+    check_devices(fn, name, rows_input, target=target)
     return x, target.reshape(x.shape[0])
 
 
-def rows_target(fn: str, target, shape: torch.Size, rows_name: str) -> Optional[torch.Tensor]:
-    """An optional target [...] with the leading dims `shape` of input rows_name -> [N] or None."""
+def rows_target(fn: str, target, shape: torch.Size, rows_name: str,
+                device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+    """An optional target [...] with the leading dims `shape` of input rows_name (and, given
+    `device`, on rows_name's device) -> [N] or None."""
     if target is None:
         return None
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
+    check_tensor(fn, target, "target")
     if target.shape != shape:
         raise ValueError(f"{fn}: target must have shape {tuple(shape)} ({rows_name}' leading dims), "
                          f"got {tuple(target.shape)}")
+    if device is not None and target.device != torch.device(device):
+        raise ValueError(f"{fn}: target is on {target.device} but {rows_name} is on {device}")
     return target.reshape(shape.numel())
 
 

@@ -21,6 +21,19 @@ QUANTILES = (0.05, 0.10, 0.25, 0.50, 0.75, 0.90)
 STRONG_AT, WEAK_BELOW = 0.65, 0.25
 
 
+def _check_tensor(fn: str, x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _check_finite(fn: str, metrics: dict, inputs: str) -> None:
+    """A selection made from NaN metrics would look confident and mean nothing: refuse it."""
+    bad = [name for name, v in metrics.items() if not torch.isfinite(torch.tensor(v))]
+    if bad:
+        raise ValueError(f"{fn}: {', '.join(bad)} came out non-finite; check {inputs} for NaN or inf")
+
+
 @dataclass
 class CapabilityReport:
     mean_p: float
@@ -49,6 +62,7 @@ class CapabilityMeter:
 
     @torch.no_grad()
     def update(self, token_probs: torch.Tensor, mask: Optional[torch.Tensor] = None) -> "CapabilityMeter":
+        _check_tensor("objx.select", token_probs, "token_probs")
         p = token_probs.detach().double().reshape(-1)
         if mask is not None:
             p = p[mask.reshape(-1).to(p.device)]
@@ -132,8 +146,20 @@ def select_kernel(prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_e
     """PND, PNC, TAT and NAG per candidate kernel (SPEC §6) with kernel distance
     d_K(a, b) = sqrt(max(K(a,a) + K(b,b) - 2 K(a,b), 0)); picks the largest NAG
     (ties: rbf, polynomial, mahalanobis, spectral)."""
+    fn = "objx.select.select_kernel"
+    embeddings = {"prompt_emb": prompt_emb, "chosen_emb": chosen_emb, "rejected_emb": rejected_emb}
+    for name, x in embeddings.items():
+        _check_tensor(fn, x, name)
     if not (prompt_emb.shape == chosen_emb.shape == rejected_emb.shape) or prompt_emb.dim() != 2:
-        raise ValueError("objx.select.select_kernel: embeddings must all be [B, E]")
+        raise ValueError(f"{fn}: embeddings must all be [B, E], got " +
+                         ", ".join(f"{name} {tuple(x.shape)}" for name, x in embeddings.items()))
+    if prompt_emb.shape[0] == 0 or prompt_emb.shape[1] == 0:
+        raise ValueError(f"{fn}: needs at least one pair with E >= 1, got [B, E] = {tuple(prompt_emb.shape)}")
+    for name, x in embeddings.items():
+        if not x.is_floating_point():
+            raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{fn}: {name} has NaN or inf entries")
     kernels = kernels or _default_kernels(prompt_emb, chosen_emb, rejected_emb)
 
     def dist(k, a, b):
@@ -146,6 +172,8 @@ def select_kernel(prompt_emb: torch.Tensor, chosen_emb: torch.Tensor, rejected_e
         denom = (d_xl.mean() + d_xw.mean()).item()
         metrics[name] = {"PND": d_wl.mean().item(), "PNC": d_xw.mean().item(), "TAT": (d_xw - d_xl).mean().item(),
                          "NAG": (d_xl.mean() - d_xw.mean()).item() / denom if denom > 0 else 0.0}
+    for name, m in metrics.items():
+        _check_finite(fn, {f"{name} {k}": v for k, v in m.items()}, "the embeddings and the kernel's parameters")
     rank = {n: i for i, n in enumerate(TIE_ORDER)}
     best = max(metrics, key=lambda n: (metrics[n]["NAG"], -rank.get(n, len(rank))))
     return KernelReport(best, metrics, f"largest NAG {metrics[best]['NAG']:.4f} among {', '.join(metrics)}")
@@ -168,12 +196,22 @@ def select_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, tar
     SO = mean sum_j min(p_j, q_j), drift = mean KL(p || q), and the excess kurtosis of the gold-token
     log-ratios. SO < 0.5 -> wasserstein (js without token_embeddings); drift > 1 -> hellinger;
     kurtosis > 3 -> renyi(0.5); else kl."""
+    fn = "objx.select.select_divergence"
+    for name, x in (("policy_logits", policy_logits), ("ref_logits", ref_logits), ("target", target)):
+        _check_tensor(fn, x, name)
+    if policy_logits.dim() < 2 or ref_logits.shape != policy_logits.shape or target.shape != policy_logits.shape[:-1]:
+        raise ValueError(f"{fn}: needs policy_logits and ref_logits [..., V] of one shape and target [...], got "
+                         f"{tuple(policy_logits.shape)}, {tuple(ref_logits.shape)} and {tuple(target.shape)}")
     v = policy_logits.shape[-1]
     z, r, y = policy_logits.reshape(-1, v), ref_logits.reshape(-1, v), target.reshape(-1)
     keep = y != ignore_index
     z, r, y = z[keep], r[keep], y[keep]
     if y.numel() < 2:
-        raise ValueError("objx.select.select_divergence: needs at least two non-ignored positions")
+        raise ValueError(f"{fn}: needs at least two non-ignored positions")
+    for name, x in (("policy_logits", z), ("ref_logits", r)):
+        # -inf is a legitimate logit (a banned token); NaN and +inf make every metric NaN.
+        if x.isnan().any() or x.isposinf().any():
+            raise ValueError(f"{fn}: {name} has NaN or +inf entries at non-ignored positions")
     overlap = torch.cat([torch.minimum(torch.softmax(zc.float(), -1), torch.softmax(rc.float(), -1)).sum(-1)
                          for zc, rc in zip(z.split(1024), r.split(1024))]).mean().item()
     drift = vocab_divergence(z, r, "kl").mean().item()
@@ -182,6 +220,7 @@ def select_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, tar
     var = centred.pow(2).mean()
     kurtosis = (centred.pow(4).mean() / var.pow(2) - 3).item() if var > 0 else 0.0
     metrics = {"support_overlap": overlap, "drift": drift, "excess_kurtosis": kurtosis}
+    _check_finite(fn, metrics, "policy_logits and ref_logits")
     if overlap < 0.5:
         best = "wasserstein" if token_embeddings is not None else "js"
         why = f"support overlap {overlap:.3f} < 0.5" + ("" if token_embeddings is not None else

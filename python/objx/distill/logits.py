@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _autograd as ag
-from .._rows import check_reduction, reduce_rows, rows, rows_target
+from .._rows import check_devices, check_ignore_index, check_reduction, reduce_rows, rows, rows_target
 from ..parallel import losses as sharded
 
 METHODS = ("ttm", "wttm", "kd", "forward_kl", "reverse_kl", "jsd", "tvd")
@@ -28,6 +28,7 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     if method not in METHODS:
         raise ValueError(f"objx.distill_loss: method must be one of {METHODS}, got {method!r}")
     fn = "objx.distill_loss"
+    ignore_index = check_ignore_index(fn, ignore_index)
     s = rows(fn, student_logits, "student_logits")
     t = rows(fn, teacher_logits, "teacher_logits")
     if t.shape[-1] != s.shape[-1]:
@@ -37,7 +38,8 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     if teacher_logits.shape[:-1] != shape:
         raise ValueError(f"{fn}: teacher_logits must have student_logits' leading dims {tuple(shape)}, got "
                          f"{tuple(teacher_logits.shape)}")
-    target_rows = rows_target(fn, target, shape, "student_logits")
+    check_devices(fn, "student_logits", student_logits, teacher_logits=teacher_logits)
+    target_rows = rows_target(fn, target, shape, "student_logits", student_logits.device)
     if process_group is not None:
         return sharded.distill_loss(
             fn, s, t, target_rows, shape, ignore_index=ignore_index, reduction=reduction, return_terms=return_terms,
@@ -66,6 +68,7 @@ class DistillLoss(torch.nn.Module):
         check_reduction(reduction)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        ignore_index = check_ignore_index("objx.DistillLoss", ignore_index)
         self.kwargs = dict(method=method, temperature=temperature, beta=beta, hard_weight=hard_weight,
                            soft_weight=soft_weight, ignore_index=ignore_index, reduction=reduction,
                            process_group=process_group)
@@ -84,6 +87,10 @@ def _forward_fake(*inputs):
     student, teacher = inputs[:2]
     torch._check(student.dim() == 2, lambda: "objx.distill_loss: student_logits must be 2-D [N, V]")
     torch._check(teacher.shape == student.shape, lambda: "objx.distill_loss: shape mismatch")
+    # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
+    for name, x in (("teacher_logits", teacher), ("target", inputs[2])):
+        torch._check(x is None or x.device == student.device,
+                     lambda: f"objx.distill_loss: {name} is on {x.device} but student_logits is on {student.device}")
     rows_, acc, new = student.shape[0], ag.acc_dtype(student.dtype), student.new_empty
     return (new(rows_, dtype=acc), new(rows_, dtype=acc), new(rows_, dtype=acc), new(rows_, 6, dtype=acc),
             new(rows_, dtype=torch.bool))

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .. import _autograd as ag
-from .._rows import rows
+from .._rows import check_devices, check_tensor, rows
 from ..parallel import losses as sharded
 from .wasserstein import wasserstein_divergence
 
@@ -27,30 +27,32 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
     vocabulary shard (SPEC §4; every kind but "wasserstein", whose top-k needs whole rows;
     objx.parallel.losses).
     """
+    fn = "objx.vocab_divergence"
+    z = rows(fn, policy_logits, "policy_logits")
+    shape = policy_logits.shape[:-1]
+    check_tensor(fn, ref_logits, "ref_logits")
+    if ref_logits.shape != policy_logits.shape:
+        raise ValueError(f"{fn}: ref_logits must be a tensor of policy_logits' shape "
+                         f"{tuple(policy_logits.shape)}, got {tuple(ref_logits.shape)}")
+    r = rows(fn, ref_logits, "ref_logits", leading=shape)
+    if mask is not None:
+        check_tensor(fn, mask, "mask")
+        if mask.shape != shape:
+            raise ValueError(f"{fn}: mask must have shape {tuple(shape)} (policy_logits' leading dims), got "
+                             f"{tuple(mask.shape)}")
+        mask = mask.reshape(-1).to(torch.bool)
+    check_devices(fn, "policy_logits", policy_logits, ref_logits=ref_logits, mask=mask)
     if kind == "wasserstein":
         if process_group is not None:
-            raise ValueError("objx.vocab_divergence: kind 'wasserstein' does not take a process_group (its top-k "
+            raise ValueError(f"{fn}: kind 'wasserstein' does not take a process_group (its top-k "
                              "support needs whole rows); gather the logits first")
         if token_embeddings is None:
-            raise ValueError("objx.vocab_divergence: kind 'wasserstein' needs token_embeddings [V, E]")
-        shape, v = policy_logits.shape[:-1], policy_logits.shape[-1]
-        flat_mask = None if mask is None else mask.reshape(-1).to(torch.bool)
-        return wasserstein_divergence(policy_logits.reshape(-1, v), ref_logits.reshape(-1, v), token_embeddings,
-                                      mask=flat_mask).reshape(shape)
+            raise ValueError(f"{fn}: kind 'wasserstein' needs token_embeddings [V, E]")
+        return wasserstein_divergence(z, r, token_embeddings, mask=mask).reshape(shape)
     if kind not in KINDS:
-        raise ValueError(f"objx.vocab_divergence: kind must be one of {KINDS}, got {kind!r}")
-    if not isinstance(ref_logits, torch.Tensor) or ref_logits.shape != policy_logits.shape:
-        raise ValueError("objx.vocab_divergence: ref_logits must be a tensor of policy_logits' shape "
-                         f"{tuple(policy_logits.shape)}")
-    shape = policy_logits.shape[:-1]
-    z = rows("objx.vocab_divergence", policy_logits, "policy_logits")
-    r = rows("objx.vocab_divergence", ref_logits, "ref_logits", leading=shape)
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.shape != shape:
-            raise ValueError(f"objx.vocab_divergence: mask must have shape {tuple(shape)}")
-        mask = mask.reshape(-1).to(torch.bool)
+        raise ValueError(f"{fn}: kind must be one of {KINDS + ('wasserstein',)}, got {kind!r}")
     if process_group is not None:
-        return sharded.vocab_divergence("objx.vocab_divergence", z, r, kind, float(div_alpha), mask,
+        return sharded.vocab_divergence(fn, z, r, kind, float(div_alpha), mask,
                                         process_group=process_group).reshape(shape)
     div, _stats = torch.ops.objx.vocab_divergence_forward(z, r, kind, float(div_alpha), mask)
     return div.reshape(shape)
@@ -62,6 +64,10 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
 def _forward_fake(*inputs):
     policy = inputs[0]
     torch._check(policy.dim() == 2, lambda: "objx.vocab_divergence: policy_logits must be 2-D [N, V]")
+    # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
+    for name, x in (("ref_logits", inputs[1]), ("mask", inputs[4] if len(inputs) > 4 else None)):
+        torch._check(x is None or x.device == policy.device, lambda: f"objx.vocab_divergence: {name} is on "
+                     f"{x.device} but policy_logits is on {policy.device}")
     acc = ag.acc_dtype(policy.dtype)
     return policy.new_empty(policy.shape[0], dtype=acc), policy.new_empty(policy.shape[0], 4, dtype=acc)
 

@@ -3,6 +3,8 @@ k(x, y) -> K [B] and k.log_k(x, y) -> log K [B], the latter in log space for num
 
 from typing import Optional, Sequence
 
+import math
+
 import torch
 from torch import nn
 
@@ -12,12 +14,40 @@ POLY_LOG_CLAMP = 1e-12
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    for name, v in (("x", x), ("y", y)):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"objx.kernels: {name} must be a torch.Tensor, got {type(v).__name__}")
     if x.dim() != 2 or x.shape != y.shape:
         raise ValueError(f"objx.kernels: inputs must both be [B, E], got {tuple(x.shape)} and {tuple(y.shape)}")
 
 
+def _check_degree(where: str, degree) -> None:
+    # (x.y + c)^d with a base below 0 is real only for an integer d; d = 0 would be the constant 1.
+    if isinstance(degree, bool) or not hasattr(degree, "__index__") or degree < 1:
+        raise ValueError(f"objx.kernels.{where}: degree must be an integer >= 1, got {degree!r}")
+
+
 def _sq_dist(x, y):
     return (x - y).pow(2).sum(-1)
+
+
+def _check_precision(precision) -> None:
+    where = "objx.kernels.MahalanobisKernel"
+    if not isinstance(precision, torch.Tensor):
+        raise TypeError(f"{where}: precision must be a torch.Tensor, got {type(precision).__name__}")
+    if precision.dim() != 2 or precision.shape[0] != precision.shape[1] or precision.shape[0] < 1:
+        raise ValueError(f"{where}: precision must be a square [E, E] matrix, got shape {tuple(precision.shape)}")
+    if not precision.is_floating_point():
+        raise TypeError(f"{where}: precision must be a floating-point tensor, got {precision.dtype}")
+    # Only the symmetric part enters (x - y)^T P (x - y); it must be positive definite for exp(-.../2)
+    # to be a kernel (an indefinite P gives K > 1 and grows without bound).
+    sym = precision.detach().double().cpu()
+    sym = (sym + sym.T) / 2
+    if not torch.isfinite(sym).all():
+        raise ValueError(f"{where}: precision must be finite")
+    smallest = torch.linalg.eigvalsh(sym)[0].item()
+    if not smallest > 0:
+        raise ValueError(f"{where}: precision must be positive definite, got smallest eigenvalue {smallest:.3g}")
 
 
 class _Kernel(nn.Module):
@@ -33,6 +63,9 @@ class PolynomialKernel(_Kernel):
 
     def __init__(self, degree: int = 2, c: float = 1.0):
         super().__init__()
+        _check_degree("PolynomialKernel", degree)
+        if not (c >= 0 and math.isfinite(c)):
+            raise ValueError(f"objx.kernels.PolynomialKernel: c must be a finite number >= 0, got {c}")
         self.degree, self.c = degree, c
 
     def forward(self, x, y):
@@ -49,8 +82,8 @@ class RBFKernel(_Kernel):
 
     def __init__(self, sigma: float = 1.0):
         super().__init__()
-        if not sigma > 0:
-            raise ValueError(f"objx.kernels.RBFKernel: sigma must be > 0, got {sigma}")
+        if not (sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"objx.kernels.RBFKernel: sigma must be a finite number > 0, got {sigma}")
         self.sigma = sigma
 
     def log_k(self, x, y):
@@ -65,21 +98,34 @@ class MahalanobisKernel(_Kernel):
     def __init__(self, precision: Optional[torch.Tensor] = None, *, dim: Optional[int] = None, learnable: bool = False):
         super().__init__()
         if learnable:
-            if dim is None:
-                raise ValueError("objx.kernels.MahalanobisKernel: learnable=True needs dim")
+            if isinstance(dim, bool) or not hasattr(dim, "__index__") or dim < 1:
+                raise ValueError(f"objx.kernels.MahalanobisKernel: learnable=True needs dim, an integer >= 1, "
+                                 f"got {dim!r}")
             self.chol = nn.Parameter(torch.eye(dim))
             self.register_buffer("fixed_precision", None)
         else:
             self.chol = None
-            if precision is not None and (precision.dim() != 2 or precision.shape[0] != precision.shape[1]):
-                raise ValueError("objx.kernels.MahalanobisKernel: precision must be a square [E, E] matrix")
+            if precision is not None:
+                _check_precision(precision)
             self.register_buffer("fixed_precision", precision)
 
     @torch.no_grad()
     def fit(self, embeddings: torch.Tensor, shrinkage: float = 0.1, eps: float = 1e-4) -> "MahalanobisKernel":
         """Shrinkage covariance (1 - s) S + s tr(S)/E I + eps I of a [B, E] batch, inverted by Cholesky."""
-        if embeddings.dim() != 2 or embeddings.shape[0] < 2:
-            raise ValueError("objx.kernels.MahalanobisKernel.fit: embeddings must be [B, E] with B >= 2")
+        where = "objx.kernels.MahalanobisKernel.fit"
+        if not isinstance(embeddings, torch.Tensor):
+            raise TypeError(f"{where}: embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+        if not embeddings.is_floating_point():  # the precision is stored in their dtype
+            raise TypeError(f"{where}: embeddings must be a floating-point tensor, got {embeddings.dtype}")
+        if embeddings.dim() != 2 or embeddings.shape[0] < 2 or embeddings.shape[1] < 1:
+            raise ValueError(f"{where}: embeddings must be [B, E] with B >= 2 and E >= 1, got shape "
+                             f"{tuple(embeddings.shape)}")
+        if not torch.isfinite(embeddings).all():
+            raise ValueError(f"{where}: embeddings must be finite (found NaN or inf)")
+        if not 0 <= shrinkage <= 1:
+            raise ValueError(f"{where}: shrinkage must be in [0, 1], got {shrinkage}")
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps}")
         x = embeddings.double()
         cov = torch.cov(x.T)
         e = cov.shape[0]
@@ -101,8 +147,12 @@ class MahalanobisKernel(_Kernel):
 
     def log_k(self, x, y):
         _check_pair(x, y)
+        precision = self.precision()
+        if precision.shape[0] != x.shape[1]:
+            raise ValueError(f"objx.kernels.MahalanobisKernel: the precision is {tuple(precision.shape)} but the "
+                             f"inputs are [B, E] with E = {x.shape[1]}")
         d = x - y
-        return -0.5 * ((d @ self.precision().to(d)) * d).sum(-1)
+        return -0.5 * ((d @ precision.to(d)) * d).sum(-1)
 
 
 class SpectralKernel(_Kernel):
@@ -110,8 +160,13 @@ class SpectralKernel(_Kernel):
 
     def __init__(self, weights: Sequence[float] = (1.0, 0.5), scales: Sequence[float] = (1.0, 0.1)):
         super().__init__()
-        if len(weights) != len(scales) or not all(w > 0 for w in weights):
-            raise ValueError("objx.kernels.SpectralKernel: weights must be > 0 and match scales in length")
+        if len(weights) == 0 or len(weights) != len(scales):
+            raise ValueError(f"objx.kernels.SpectralKernel: weights and scales must be non-empty and of one length, "
+                             f"got {len(weights)} weights and {len(scales)} scales")
+        if not all(w > 0 and math.isfinite(w) for w in weights):
+            raise ValueError(f"objx.kernels.SpectralKernel: weights must be finite and > 0, got {tuple(weights)}")
+        if not all(a > 0 and math.isfinite(a) for a in scales):  # a_k <= 0 makes a term that never decays
+            raise ValueError(f"objx.kernels.SpectralKernel: scales must be finite and > 0, got {tuple(scales)}")
         self.register_buffer("log_weights", torch.log(torch.tensor(weights, dtype=torch.float64)))
         self.register_buffer("scales", torch.tensor(scales, dtype=torch.float64))
 
@@ -131,6 +186,7 @@ class HierarchicalMixtureKernel(_Kernel):
 
     def __init__(self, dim: int, *, entropy_weight: float = 0.0, degree: int = 2):
         super().__init__()
+        _check_degree("HierarchicalMixtureKernel", degree)
         self.entropy_weight = entropy_weight
         self.degree = degree
         self.logits = nn.ParameterDict({g: nn.Parameter(torch.zeros(2)) for g in self.GROUPS})

@@ -26,10 +26,21 @@ def wasserstein_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor
     """Entropic OT cost per row of [N, V] logits -> [N] (0 where mask is False)."""
     if policy_logits.dim() != 2 or ref_logits.shape != policy_logits.shape:
         raise ValueError("objx.wasserstein_divergence: policy_logits and ref_logits must both be [N, V]")
-    if token_embeddings.dim() != 2 or token_embeddings.shape[0] != policy_logits.shape[1]:
-        raise ValueError(f"objx.wasserstein_divergence: token_embeddings must be [V, E] with V = "
-                         f"{policy_logits.shape[1]}, got {tuple(token_embeddings.shape)}")
+    if not isinstance(token_embeddings, torch.Tensor) or token_embeddings.dim() != 2 or \
+            token_embeddings.shape[0] != policy_logits.shape[1]:
+        got = tuple(token_embeddings.shape) if isinstance(token_embeddings, torch.Tensor) else type(token_embeddings).__name__
+        raise ValueError(f"objx.wasserstein_divergence: token_embeddings must be a [V, E] tensor with V = "
+                         f"{policy_logits.shape[1]}, got {got}")
+    for name, x in (("ref_logits", ref_logits), ("token_embeddings", token_embeddings), ("mask", mask)):
+        if x is not None and x.device != policy_logits.device:
+            raise ValueError(f"objx.wasserstein_divergence: {name} is on {x.device} but policy_logits is on "
+                             f"{policy_logits.device}")
     ref_logits = ref_logits.detach()
+    if mask is not None:
+        # Masked-out rows run on zeros: a NaN there would otherwise come back through the
+        # iterations as a NaN gradient, even though torch.where drops its value below.
+        policy_logits = policy_logits.masked_fill(~mask[:, None], 0)
+        ref_logits = ref_logits.masked_fill(~mask[:, None], 0)
     kk = min(k, policy_logits.shape[1])
     union = torch.cat([policy_logits.detach().topk(kk, -1).indices, ref_logits.topk(kk, -1).indices], -1).sort(-1).values
     keep = torch.ones_like(union, dtype=torch.bool)

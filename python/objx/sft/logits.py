@@ -7,9 +7,9 @@ from typing import Optional, Union
 import torch
 
 from .. import _autograd as ag
-from .._rows import check_reduction, flatten_rows, reduce_rows
+from .._rows import check_ignore_index, check_reduction, flatten_rows, reduce_rows
 from ..parallel import losses as sharded
-from .objective import Objective, resolve_objective
+from .objective import Objective, check_extras, resolve_objective
 
 
 def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, Objective] = "nll", *,
@@ -26,9 +26,12 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     process_group: logits are this rank's vocabulary shard (SPEC §4; objx.parallel.losses); the
     loss is the unsharded one, the gradient this shard's.
     """
+    fn = "objx.prob_loss"
     check_reduction(reduction)
-    obj = resolve_objective(objective, alpha, min_prob, max_prob)
-    rows_logits, rows_target = flatten_rows("objx.prob_loss", logits, target)
+    obj = resolve_objective(objective, alpha, min_prob, max_prob, fn=fn)
+    check_extras(fn, obj, label_smoothing, z_loss, softcap)
+    ignore_index = check_ignore_index(fn, ignore_index)
+    rows_logits, rows_target = flatten_rows(fn, logits, target)
     if process_group is not None:
         return sharded.prob_loss("objx.prob_loss", rows_logits, rows_target, obj, target.shape,
                                  ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
@@ -54,8 +57,9 @@ class ProbLoss(torch.nn.Module):
                  process_group=None):
         super().__init__()
         check_reduction(reduction)
-        self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
-        self.ignore_index = ignore_index
+        self.objective = resolve_objective(objective, alpha, min_prob, max_prob, fn="objx.ProbLoss")
+        check_extras("objx.ProbLoss", self.objective, label_smoothing, z_loss, softcap)
+        self.ignore_index = check_ignore_index("objx.ProbLoss", ignore_index)
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.z_loss = z_loss
@@ -89,6 +93,9 @@ def _forward_fake(*inputs):
     logits, target = inputs[:2]
     torch._check(logits.dim() == 2, lambda: "objx.prob_loss: logits must be 2-D [N, V]")
     torch._check(target.shape == logits.shape[:1], lambda: "objx.prob_loss: target must be [N]")
+    # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
+    torch._check(target.device == logits.device,
+                 lambda: f"objx.prob_loss: target is on {target.device} but logits is on {logits.device}")
     rows, acc = logits.shape[0], ag.acc_dtype(logits.dtype)
     return (logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=acc),
             logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=torch.bool))

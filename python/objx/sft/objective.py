@@ -8,6 +8,11 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Union
 
 KINDS = ("nll", "power", "log1m")
+DEFAULT_ALPHA = 1.0
+# float32's smallest normal number: a power alpha below it reaches a float32 kernel as 0 or a
+# subnormal, and (1 - p^alpha)/alpha turns into 0/0; there -log p equals power(alpha) to within
+# alpha |log p| / 2 relative (< 1e-36), so such an alpha is run as nll (SPEC §1: alpha -> 0 is nll).
+_NLL_BELOW_ALPHA = 2.0 ** -126
 
 _THRESHOLD = re.compile(r"^(?P<base>.*?)\s*(?:·|\*)?\s*1\[\s*p\s*(?P<op>>=|≥|<=|≤)\s*(?P<value>[-+0-9.eE]+)\s*\]$")
 _POWER = re.compile(r"^-\s*p\s*(?:\^\s*(?P<alpha>[-+0-9.eE]+))?$")
@@ -72,8 +77,11 @@ class Objective:
 
     @property
     def param(self) -> float:
-        """The kernel's objective parameter: alpha for power, eps for log1m."""
-        return {"power": self.alpha, "log1m": self.eps}.get(self.kind, 0.0)
+        """The kernel's objective parameter: alpha for power (0, i.e. nll, for a vanishing alpha),
+        eps for log1m."""
+        if self.kind == "power":
+            return self.alpha if self.alpha >= _NLL_BELOW_ALPHA else 0.0
+        return self.eps if self.kind == "log1m" else 0.0
 
     @property
     def name(self) -> str:
@@ -94,12 +102,25 @@ class Objective:
         return self.name
 
 
-def resolve_objective(objective, alpha: float = 1.0, min_prob=None, max_prob=None) -> Objective:
+def _number(fn: str, name: str, value) -> float:
+    if isinstance(value, bool) or not hasattr(value, "__float__"):
+        raise TypeError(f"{fn}: {name} must be a number, got {value!r}")
+    return float(value)
+
+
+def resolve_objective(objective, alpha: float = DEFAULT_ALPHA, min_prob=None, max_prob=None,
+                      fn: str = "objx.prob_loss") -> Objective:
     """The Objective that prob_loss's arguments describe: a string names the kind (the "power"
-    kind takes alpha from the keyword, "-p^K" carries its own), keywords override thresholds."""
+    kind takes alpha from the keyword, "-p^K" carries its own), keywords override thresholds. An
+    alpha the objective would not use is an error, not silently dropped."""
     obj = Objective.parse(objective)
+    alpha = _number(fn, "alpha", alpha)
     if isinstance(objective, str) and objective.strip().lower() == "power":
-        obj = replace(obj, alpha=float(alpha))
+        obj = replace(obj, alpha=alpha)
+    elif alpha != DEFAULT_ALPHA and not (obj.kind == "power" and obj.alpha == alpha):
+        has = f"carries its own alpha = {obj.alpha:g}" if obj.kind == "power" else "has no alpha"
+        raise ValueError(f"{fn}: alpha={alpha:g} is not used by objective {obj.name!r}, which {has}; alpha "
+                         f"is the exponent of objective 'power' (or write '-p^K')")
     if min_prob is not None:
         obj = replace(obj, min_prob=float(min_prob))
     if max_prob is not None:
@@ -107,3 +128,20 @@ def resolve_objective(objective, alpha: float = 1.0, min_prob=None, max_prob=Non
     if obj.min_prob is not None and obj.max_prob is not None and obj.min_prob > obj.max_prob:
         raise ValueError(f"min_prob ({obj.min_prob}) must not exceed max_prob ({obj.max_prob})")
     return obj
+
+
+def check_extras(fn: str, objective: Objective, label_smoothing=0.0, z_loss=0.0, softcap=None) -> None:
+    """SPEC §1's extras, checked where they are given (a module's constructor, a front door)
+    rather than first by the kernel at the first forward."""
+    label_smoothing = _number(fn, "label_smoothing", label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if label_smoothing != 0 and objective.kind != "nll":
+        raise ValueError(f"{fn}: label_smoothing is only defined for objective 'nll', got {objective.name!r}")
+    z_loss = _number(fn, "z_loss", z_loss)
+    if not (z_loss >= 0 and math.isfinite(z_loss)):
+        raise ValueError(f"{fn}: z_loss must be a finite number >= 0, got {z_loss}")
+    if softcap is not None:
+        softcap = _number(fn, "softcap", softcap)
+        if not (softcap > 0 and math.isfinite(softcap)):
+            raise ValueError(f"{fn}: softcap must be a finite number > 0, got {softcap}")
