@@ -395,7 +395,9 @@ def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, 
         dpo_shapes=None) -> list[Result]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = getattr(torch, dtype or DEFAULT_DTYPES[dev.type])
-    repeats = repeats or DEFAULT_REPEATS[dev.type]
+    if repeats is not None and repeats < 1:  # 0 used to fall back to the default silently
+        raise ValueError(f"objx bench: repeats must be at least 1, got {repeats}")
+    repeats = DEFAULT_REPEATS[dev.type] if repeats is None else repeats
     if all(x is None for x in (shapes, linear_shapes, distill_shapes, linear_distill_shapes, divergence_shapes,
                                dpo_shapes)):
         shapes, linear_shapes = DEFAULT_SHAPES[dev.type], DEFAULT_LINEAR_SHAPES[dev.type]
@@ -457,12 +459,13 @@ def environment(device: str) -> dict:
 
 
 def main(args) -> int:
+    """args from `objx bench` (tools/cli.py), which has already parsed and checked every shape
+    (tuples of positive ints), the device, the objectives and the repeat count."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    parse = lambda specs: [tuple(int(v) for v in s.lower().split("x")) for s in specs] if specs else None  # noqa: E731
-    results = run(device, parse(args.shape), parse(args.linear_shape), args.dtype, args.objective, args.repeats,
-                  not args.no_compile, progress=not args.quiet, distill_shapes=parse(args.distill_shape),
-                  linear_distill_shapes=parse(args.linear_distill_shape), methods=args.method,
-                  divergence_shapes=parse(args.divergence_shape), kinds=args.kind, dpo_shapes=parse(args.dpo_shape))
+    results = run(device, args.shape, args.linear_shape, args.dtype, args.objective, args.repeats,
+                  not args.no_compile, progress=not args.quiet, distill_shapes=args.distill_shape,
+                  linear_distill_shapes=args.linear_distill_shape, methods=args.method,
+                  divergence_shapes=args.divergence_shape, kinds=args.kind, dpo_shapes=args.dpo_shape)
     env = environment(device)
     print(f"objx bench on {env['device_name']} ({device}, {env['cpu_threads']} CPU threads), "
           f"fwd+bwd, median of {args.repeats or DEFAULT_REPEATS[torch.device(device).type]} runs; "
