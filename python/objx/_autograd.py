@@ -1,6 +1,7 @@
-"""What every family's register_fake / register_autograd shares: the op's arguments by their schema
-names (so setup_context and backward never unpack positional tuples, and a new keyword needs no
-edit here), the accumulation dtype, and the fused heads' gradients computed in the forward."""
+"""What every family's register_fake / register_autograd / autocast rule shares: the op's arguments
+by their schema names (so setup_context and backward never unpack positional tuples, and a new
+keyword needs no edit here), the accumulation dtype, the fused heads' gradients computed in the
+forward, the refusal of double backward, and autocast for the fused heads."""
 
 import functools
 
@@ -70,7 +71,7 @@ def register_logits_autograd(forward_op: str, backward_op: str, grad_of: str) ->
         result = None
         if ctx.needs_input_grad[index] and grad is not None:
             result = call(backward_op, **{grad_name: grad}, **saved(ctx), **ctx.options)
-        return input_grads(forward_op, **{grad_of: result})
+        return input_grads(forward_op, **dict(zip([grad_of], first_order_only(f"objx.{forward_op}", result))))
 
     torch.library.register_autograd(f"objx::{forward_op}", backward, setup_context=setup_context)
 
@@ -127,13 +128,88 @@ def register_head_autograd(fn: str, forward_op: str, backward_op: str, head: tup
         if grad_loss is None:  # the loss itself does not reach the differentiated output
             return input_grads(forward_op)
         if ctx.grad_in_forward:
+            if torch.is_grad_enabled():  # create_graph: these gradients have no graph to differentiate
+                raise RuntimeError(f"{fn}: double backward (create_graph=True) is not supported: with "
+                                   "grad_in_forward the gradients were computed in the forward by a fused kernel "
+                                   "that is not differentiable")
             grads = scale_forward_grads(ctx, grad_loss, fn)
         else:
             grads = call(backward_op, grad_loss=grad_loss, **saved(ctx), **ctx.options)
             grads = (grads[0], grads[1], grads[2] if ctx.has_bias else None)
-        return input_grads(forward_op, **dict(zip(head, grads)))
+        return input_grads(forward_op, **dict(zip(head, first_order_only(fn, *grads))))
 
     torch.library.register_autograd(f"objx::{forward_op}", backward, setup_context=setup_context)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on a backward's gradients; differentiating them raises. The ops' backward kernels
+    are not differentiable, so without this a double backward would silently miss their
+    second-order terms."""
+
+    @staticmethod
+    def forward(ctx, fn, _anchor, *grads):
+        ctx.fn = fn
+        return tuple(g.view_as(g) for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_grads):
+        raise RuntimeError(f"{ctx.fn}: double backward is not supported (the gradient is computed by a fused "
+                           "kernel that is not itself differentiable); differentiate once, or use "
+                           "objx.reference for higher-order derivatives")
+
+
+def first_order_only(fn: str, *grads) -> tuple:
+    """A backward's gradients as they are, except under create_graph (double backward requested),
+    where they become outputs of _FirstOrderOnly: requiring grad, so that differentiating them
+    reaches its clear error instead of an unrelated one or a silently wrong result."""
+    if not torch.is_grad_enabled() or all(g is None for g in grads):
+        return grads
+    present = [g for g in grads if g is not None]
+    anchor = torch.zeros((), device=present[0].device, requires_grad=True)  # makes the outputs differentiable
+    wrapped = iter(_FirstOrderOnly.apply(fn, anchor, *present))
+    return tuple(None if g is None else next(wrapped) for g in grads)
+
+
+def refuse_function_transforms(fn: str, *tensors) -> None:
+    """torch.func's transforms (grad, vmap, jacrev, ...) need every autograd.Function to define
+    setup_context and vmap rules; torch.library's generated ones for objx's ops do not, and torch
+    then fails with a message about autograd.Function internals. Say what it means instead."""
+    if torch.compiler.is_compiling():  # dynamo does not trace these queries; torch.func's tensors never reach it
+        return
+    if torch._C._are_functorch_transforms_active() or any(
+            isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        raise RuntimeError(f"{fn}: torch.func transforms (grad, vmap, jacrev, functional_call under grad, ...) are "
+                           "not supported: objx's ops have autograd formulas for torch.autograd only; use "
+                           "torch.autograd.grad or loss.backward()")
+
+
+# Holds the autocast kernels' registrations for the life of the process.
+_AUTOCAST_LIBRARY = torch.library.Library("objx", "IMPL")
+
+
+def register_head_autocast(forward_op: str) -> None:
+    """Under torch.autocast, an op fused with an LM head runs its GEMMs in the autocast dtype, as
+    F.linear does: its float32 / float16 / bfloat16 tensor inputs are cast to that dtype (float64
+    stays, as autocast leaves it) and the op runs with autocast off, so the kernels see one dtype.
+    The casts are ordinary differentiable ops: each gradient returns in its input's dtype. Both
+    the dispatcher (eager) and the Python dispatcher (torch.compile's tracing) get the rule, so
+    compiled and eager code compute the same thing."""
+    op = getattr(torch.ops.objx, forward_op).default
+    castable = (torch.float32, torch.float16, torch.bfloat16)
+    for device_type in ("cpu", "cuda"):
+        key = getattr(torch._C.DispatchKey, "Autocast" + torch._C._dispatch_key_for_device(device_type))
+
+        def run(*args, key=key, device_type=device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.dtype in castable and a.device.type == device_type
+                    else a for a in args]
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+                return op(*cast)
+
+        if op.has_kernel_for_dispatch_key(key):
+            op.py_kernels.pop(key, None)
+        op.py_impl(key)(run)
+        _AUTOCAST_LIBRARY.impl(forward_op, lambda _keys, *args, run=run: run(*args), key.name, with_keyset=True)
 
 
 def save(ctx, **tensors) -> None:

@@ -7,10 +7,12 @@ from typing import Optional
 import torch
 
 from .. import _autograd as ag
-from .._rows import check_reduction, reduce_rows, rows, rows_target
+from .._rows import check_ignore_index, check_reduction, reduce_rows, rows, rows_target
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
+from ..parallel.agreement import checked_on_every_rank
 from ..parallel.dtensor import gathered_weight
+from ..sft.linear import check_head
 from .logits import METHODS, row_terms
 
 def auto_row_block(rows: int, vocab: int, device: torch.device) -> int:
@@ -38,20 +40,32 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     process_group: both heads are this rank's vocabulary shard, the hidden states the same on every
     rank (SPEC §4); grad of student_hidden is summed over the group (objx.parallel.losses).
     """
-    check_reduction(reduction)
     fn = "objx.linear_distill_loss"
-    row_block = slicing(fn, "row_block", row_block, chunk_size)
-    if method not in METHODS:
-        raise ValueError(f"objx.linear_distill_loss: method must be one of {METHODS}, got {method!r}")
-    for name, t in (("student_weight", student_weight), ("teacher_weight", teacher_weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    hs = rows(fn, student_hidden, "student_hidden", last="D")
-    shape = student_hidden.shape[:-1]
-    ht = rows(fn, teacher_hidden, "teacher_hidden", last="D", leading=shape)
-    t_rows = rows_target(fn, target, shape, "student_hidden")
-    student_weight = gathered_weight(student_weight, "objx.linear_distill_loss", process_group)
-    teacher_weight = gathered_weight(teacher_weight, "objx.linear_distill_loss", process_group)
+
+    def check():
+        ag.refuse_function_transforms(fn, student_hidden, student_weight, teacher_hidden, teacher_weight)
+        check_reduction(reduction)
+        block = slicing(fn, "row_block", row_block, chunk_size)
+        if method not in METHODS:
+            raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
+        check_ignore_index(fn, ignore_index)
+        hs = rows(fn, student_hidden, "student_hidden", last="D")
+        shape = student_hidden.shape[:-1]
+        ht = rows(fn, teacher_hidden, "teacher_hidden", last="D", leading=shape)
+        check_head(fn, hs, student_weight, student_bias, hidden_name="student_hidden", weight_name="student_weight",
+                   bias_name="student_bias")
+        check_head(fn, ht, teacher_weight, teacher_bias, hidden_name="teacher_hidden", weight_name="teacher_weight",
+                   bias_name="teacher_bias")
+        if teacher_weight.shape[0] != student_weight.shape[0]:
+            raise ValueError(f"{fn}: vocabulary mismatch: student_weight has V = {student_weight.shape[0]}, "
+                             f"teacher_weight has V = {teacher_weight.shape[0]}")
+        t_rows = rows_target(fn, target, shape, "student_hidden")
+        return (block, hs, ht, shape, t_rows, gathered_weight(student_weight, fn, process_group),
+                gathered_weight(teacher_weight, fn, process_group))
+
+    # With a process_group an argument error is raised on every rank, none left waiting for it.
+    row_block, hs, ht, shape, t_rows, student_weight, teacher_weight = checked_on_every_rank(
+        fn, process_group, getattr(student_hidden, "device", None), check)
     if process_group is not None:
         return sharded.linear_distill_loss(
             fn, hs, student_weight, student_bias, ht, teacher_weight, teacher_bias, t_rows, shape,
@@ -103,3 +117,4 @@ ag.register_head_fakes("linear_distill_forward", "linear_distill_backward",
 # the teacher never receives a gradient
 ag.register_head_autograd("objx.linear_distill_loss", "linear_distill_forward", "linear_distill_backward",
                           head=("student_hidden", "student_weight", "student_bias"))
+ag.register_head_autocast("linear_distill_forward")

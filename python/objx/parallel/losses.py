@@ -14,7 +14,9 @@ vocabulary shard of the logits (or of the LM head) and gets the unsharded loss.
   time under activation checkpointing, so that one block of [rows, V / P] temporaries is alive.
 - LM-head forms: one row block of shard logits at a time under checkpointing, then the above.
 Computed in float32 (float64 for float64 inputs). Every rank must take the same branch and the
-same row blocks: they issue the same collectives in the same order.
+same row blocks: they issue the same collectives in the same order. So every call first checks,
+with one all-gather (objx.parallel.agreement), that the ranks agree on everything but their shard,
+and raises the same error on every rank when they do not.
 """
 
 from typing import Optional
@@ -27,9 +29,9 @@ from .._rows import reduce_rows
 from .._tiles import tile_budget_bytes
 from ..sft.objective import Objective
 from .._vocabulary import target_logprob_from
-from .vocab import (KERNEL_DIVERGENCES, SUMS_DIVERGENCES, ShardedVocabulary, check_group, check_targets,
-                             compute_dtype, distill_soft, kernel_divergence, replicated_to_shard, sums_divergence,
-                             target_row_stats)
+from .agreement import Agreement
+from .vocab import (KERNEL_DIVERGENCES, SUMS_DIVERGENCES, ShardedVocabulary, check_group, compute_dtype,
+                    distill_soft, kernel_divergence, replicated_to_shard, sums_divergence, target_row_stats)
 
 # Temporaries the reference formulas keep per logits entry (logits, masked copy, log-softmax, exp).
 _LIVE_COPIES = 6
@@ -37,6 +39,51 @@ _LIVE_COPIES = 6
 
 # Bytes of temporaries per row block; None: objx._tiles' budget for the device (tests set it small).
 BLOCK_BYTES: Optional[int] = None
+
+
+def _optional_float(x) -> Optional[float]:
+    return None if x is None else float(x)
+
+
+def _agreement(fn: str, group, device: torch.device, rows: int, dtypes: dict) -> Agreement:
+    """The fields every sharded call checks first: the row count and the inputs' dtypes."""
+    check_group(fn, group)
+    agreement = Agreement(fn, group, device)
+    agreement.same("the number of rows", int(rows))
+    for name, t in dtypes.items():
+        agreement.same(f"the dtype of {name}", None if t is None else t.dtype)
+    return agreement
+
+
+def _objective_fields(agreement: Agreement, obj: Objective, *, ignore_index, reduction, label_smoothing, z_loss,
+                      softcap, return_token_prob) -> None:
+    agreement.same("objective", obj.kind)
+    agreement.same("the objective's parameter", float(obj.param))
+    agreement.same("min_prob", _optional_float(obj.min_prob))
+    agreement.same("max_prob", _optional_float(obj.max_prob))
+    agreement.same("ignore_index", int(ignore_index))
+    agreement.same("reduction", reduction)
+    agreement.same("label_smoothing", float(label_smoothing))
+    agreement.same("z_loss", float(z_loss))
+    agreement.same("softcap", _optional_float(softcap))
+    agreement.same("return_token_prob", bool(return_token_prob))
+
+
+def _method_fields(agreement: Agreement, *, ignore_index, reduction, return_terms, method, temperature, beta,
+                   hard_weight, soft_weight) -> None:
+    agreement.same("method", method)
+    agreement.same("temperature", float(temperature))
+    agreement.same("beta", float(beta))
+    agreement.same("hard_weight", float(hard_weight))
+    agreement.same("soft_weight", float(soft_weight))
+    agreement.same("ignore_index", int(ignore_index))
+    agreement.same("reduction", reduction)
+    agreement.same("return_terms", bool(return_terms))
+
+
+def _vocabulary(fn: str, agreement: Agreement, local_size: int) -> ShardedVocabulary:
+    """The call's one collective before its own: the agreement, carrying the shard sizes."""
+    return ShardedVocabulary(agreement.group, agreement.exchange(local_size), fn)
 
 
 def _row_block(rows: int, vocab: ShardedVocabulary, device: torch.device) -> int:
@@ -91,9 +138,11 @@ def _prob_rows(z, y, obj: Objective, vocab: ShardedVocabulary, *, ignore_index, 
 
 def prob_loss(fn: str, z: torch.Tensor, y: torch.Tensor, obj: Objective, shape, *, ignore_index, reduction,
               label_smoothing, z_loss, softcap, return_token_prob, process_group):
-    check_group(fn, process_group)
-    vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
-    check_targets(fn, y, vocab, ignore_index)
+    agreement = _agreement(fn, process_group, z.device, z.shape[0], {"logits": z, "target": y})
+    _objective_fields(agreement, obj, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                      z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob)
+    agreement.target(y, ignore_index)
+    vocab = _vocabulary(fn, agreement, z.shape[-1])
     rows, counted, p = _prob_rows(z, y, obj, vocab, ignore_index=ignore_index, label_smoothing=label_smoothing,
                                   z_loss=z_loss, softcap=softcap)
     loss = reduce_rows(rows, counted, reduction, shape)
@@ -103,9 +152,15 @@ def prob_loss(fn: str, z: torch.Tensor, y: torch.Tensor, obj: Objective, shape, 
 def linear_prob_loss(fn: str, hidden: torch.Tensor, weight: torch.Tensor, bias, y: torch.Tensor, obj: Objective,
                      shape, *, ignore_index, reduction, label_smoothing, z_loss, softcap, return_token_prob,
                      process_group, tile_size=None):
-    check_group(fn, process_group)
-    vocab = ShardedVocabulary(process_group, weight.shape[0], hidden.device, fn)
-    check_targets(fn, y, vocab, ignore_index)
+    agreement = _agreement(fn, process_group, hidden.device, hidden.shape[0],
+                           {"hidden": hidden, "weight": weight, "bias": bias, "target": y})
+    agreement.same("D (hidden's last dim)", int(hidden.shape[1]))
+    _objective_fields(agreement, obj, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                      z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob)
+    agreement.same("tile_size", tile_size)  # it sets the row blocks, hence the collectives
+    agreement.target(y, ignore_index)
+    agreement.tensor("hidden", hidden)
+    vocab = _vocabulary(fn, agreement, weight.shape[0])
     dtype = compute_dtype(hidden, weight)
     h = replicated_to_shard(hidden, process_group)  # every rank's shard adds to grad_hidden
 
@@ -154,10 +209,12 @@ def _kernels_serve(vocab: ShardedVocabulary) -> bool:
 
 def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], shape, *, ignore_index,
                  reduction, return_terms, process_group, **method_kwargs):
-    check_group(fn, process_group)
-    vocab = ShardedVocabulary(process_group, s.shape[-1], s.device, fn)
-    if y is not None:
-        check_targets(fn, y, vocab, ignore_index)
+    agreement = _agreement(fn, process_group, s.device, s.shape[0],
+                           {"student_logits": s, "teacher_logits": t, "target": y})
+    _method_fields(agreement, ignore_index=ignore_index, reduction=reduction, return_terms=return_terms,
+                   **method_kwargs)
+    agreement.target(y, ignore_index)
+    vocab = _vocabulary(fn, agreement, s.shape[-1])
     if _kernels_serve(vocab) and s.dtype == t.dtype:
         return _distill_out(*_kernel_distill_rows(s, t, y, vocab, ignore_index=ignore_index, **method_kwargs),
                             reduction, shape, return_terms)
@@ -175,10 +232,18 @@ def distill_loss(fn: str, s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Te
 
 def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_index, reduction, return_terms,
                         process_group, row_block=None, **method_kwargs):
-    check_group(fn, process_group)
-    vocab = ShardedVocabulary(process_group, ws.shape[0], hs.device, fn)
-    if y is not None:
-        check_targets(fn, y, vocab, ignore_index)
+    agreement = _agreement(fn, process_group, hs.device, hs.shape[0],
+                           {"student_hidden": hs, "student_weight": ws, "student_bias": bs, "teacher_hidden": ht,
+                            "teacher_weight": wt, "teacher_bias": bt, "target": y})
+    agreement.same("D of student_hidden", int(hs.shape[1]))
+    agreement.same("D of teacher_hidden", int(ht.shape[1]))
+    _method_fields(agreement, ignore_index=ignore_index, reduction=reduction, return_terms=return_terms,
+                   **method_kwargs)
+    agreement.same("row_block", row_block)  # it sets the row blocks, hence the collectives
+    agreement.target(y, ignore_index)
+    agreement.tensor("student_hidden", hs)
+    agreement.tensor("teacher_hidden", ht)
+    vocab = _vocabulary(fn, agreement, ws.shape[0])
     dtype = compute_dtype(hs, ws)
     h = replicated_to_shard(hs, process_group)
 
@@ -202,8 +267,11 @@ def linear_distill_loss(fn: str, hs, ws, bs, ht, wt, bt, y, shape, *, ignore_ind
 
 
 def vocab_divergence(fn: str, z: torch.Tensor, r: torch.Tensor, kind: str, div_alpha: float, mask, *, process_group):
-    check_group(fn, process_group)
-    vocab = ShardedVocabulary(process_group, z.shape[-1], z.device, fn)
+    agreement = _agreement(fn, process_group, z.device, z.shape[0], {"policy_logits": z, "ref_logits": r})
+    agreement.same("kind", kind)
+    agreement.same("div_alpha", float(div_alpha))
+    agreement.tensor("mask", mask)
+    vocab = _vocabulary(fn, agreement, z.shape[-1])
     if _kernels_serve(vocab) and z.dtype == r.dtype:
         if kind in KERNEL_DIVERGENCES:
             return kernel_divergence(z, r, kind, div_alpha, mask, vocab)

@@ -1,8 +1,9 @@
 """SPEC §4: the primitives of objx's vocabulary-parallel losses (objx.parallel.losses uses them).
 
 Rank r holds the vocabulary columns [offset_r, offset_r + V_r) in rank order; shards may be uneven
-(their sizes are exchanged once per call). Row maxima are all-reduced with MAX, sums of exponentials
-and every other sum over the vocabulary with SUM, the target's logit by SUM of the owner's entry.
+(their sizes are exchanged once per call, with the ranks' agreement: objx.parallel.agreement). Row
+maxima are all-reduced with MAX, sums of exponentials and every other sum over the vocabulary with
+SUM, the target's logit by SUM of the owner's entry.
 
 - target_row_stats: per row, the LSE over the non-target tokens, the target logit (and the row
   sum), from objx's kernel on the shard; everything the SFT losses need, with a local backward.
@@ -94,22 +95,22 @@ class _ShardedLogSumExp(torch.autograd.Function):
         finite = torch.isfinite(lse)
         lse_safe = torch.where(finite, lse, torch.zeros_like(lse))
         g = torch.where(finite, grad, torch.zeros_like(grad))
-        return torch.exp(z - lse_safe[:, None]) * g[:, None], None
+        grad_z = torch.exp(z - lse_safe[:, None]) * g[:, None]
+        return *ag.first_order_only("objx.parallel: the sharded log-sum-exp", grad_z), None
 
 
 class ShardedVocabulary:
     """The objx._vocabulary interface over this rank's shard of a vocabulary split across `group`."""
 
-    def __init__(self, group, local_size: int, device: torch.device, fn: str = "objx"):
+    def __init__(self, group, sizes: list, fn: str = "objx"):
+        """sizes: every rank's shard size, in rank order (objx.parallel.agreement exchanges them)."""
         self.group = group
         self.world = dist.get_world_size(group)
         rank = dist.get_rank(group)
-        sizes = _all_reduce(torch.zeros(self.world, dtype=torch.int64, device=device).index_fill_(
-            0, torch.tensor([rank], device=device), int(local_size)), "sum", group).tolist()
-        self.local_size = int(local_size)
-        self.sizes = sizes
-        self.offset = int(sum(sizes[:rank]))
-        self.total = int(sum(sizes))
+        self.local_size = int(sizes[rank])
+        self.sizes = [int(n) for n in sizes]
+        self.offset = int(sum(self.sizes[:rank]))
+        self.total = int(sum(self.sizes))
         if self.total == 0:
             raise ValueError(f"{fn}: every rank's vocabulary shard is empty")
 
@@ -157,15 +158,6 @@ def check_group(fn: str, process_group) -> None:
     if not isinstance(process_group, dist.ProcessGroup):
         raise TypeError(f"{fn}: process_group must be a torch.distributed.ProcessGroup, got "
                         f"{type(process_group).__name__}")
-
-
-def check_targets(fn: str, target: torch.Tensor, vocab: ShardedVocabulary, ignore_index: int) -> None:
-    bad = (target != ignore_index) & ((target < 0) | (target >= vocab.total))
-    # Every rank holds the same targets, so every rank raises together.
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{fn}: target out of range: row {row} has {int(target[row])}, the sharded vocabulary "
-                         f"has {vocab.total} entries (ignore_index={ignore_index})")
 
 
 def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
@@ -238,7 +230,8 @@ class _TargetRowStats(torch.autograd.Function):
         dead = (g_others == 0) & (g_target == 0) & (g_sum == 0)
         if bool(dead.any()):
             grad.masked_fill_(dead[:, None], 0.0)
-        return grad.to(z.dtype), None, None, None, None, None
+        grad = ag.first_order_only("objx.parallel: the sharded row statistics", grad.to(z.dtype))[0]
+        return grad, None, None, None, None, None
 
 
 def target_row_stats(z: torch.Tensor, target: torch.Tensor, vocab: ShardedVocabulary, *, softcap=None,
@@ -283,7 +276,7 @@ class _ShardedDistillSoft(torch.autograd.Function):
         method, T, beta = ctx.options
         grad = torch.ops.objx.distill_backward(g_soft.contiguous(), s, t, None, stats, counted, method, T, beta, 0.0,
                                                1.0, -100)
-        return grad, None, None, None, None, None
+        return *ag.first_order_only("objx.parallel: the sharded distillation", grad), None, None, None, None, None
 
 
 def distill_soft(s: torch.Tensor, t: torch.Tensor, method: str, temperature: float, beta: float,
@@ -360,7 +353,7 @@ class _ShardedVocabDivergence(torch.autograd.Function):
     def backward(ctx, grad):
         z, r, stats, mask = ctx.saved_tensors
         g = torch.ops.objx.vocab_divergence_backward(grad.contiguous(), z, r, stats, ctx.kind, ctx.div_alpha, mask)
-        return g, None, None, None, None, None
+        return *ag.first_order_only("objx.parallel: the sharded divergence", g), None, None, None, None, None
 
 
 # Divergences whose per-entry terms need the whole vocabulary's normalisation (JS's mixture, TV's |p − q|).

@@ -7,11 +7,31 @@ from typing import Optional, Union
 import torch
 
 from .. import _autograd as ag
-from .._rows import check_reduction, flatten_rows, reduce_rows
+from .._rows import check_ignore_index, check_reduction, flatten_rows, reduce_rows
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
+from ..parallel.agreement import checked_on_every_rank
 from ..parallel.dtensor import gathered_weight
-from .objective import Objective, resolve_objective
+from .objective import Objective, check_extras, resolve_objective
+
+
+def check_head(fn: str, hidden: torch.Tensor, weight, bias: Optional[torch.Tensor], *, hidden_name: str = "hidden",
+               weight_name: str = "weight", bias_name: str = "bias") -> None:
+    """The fused heads' own checks (objx.linear_distill_loss uses it too), each naming its argument:
+    hidden [N, D] (already rows), weight [V, D], bias None or [V], all floating point."""
+    for name, t in ((hidden_name, hidden), (weight_name, weight), (bias_name, bias)):
+        if t is None and name == bias_name:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {t.dtype}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"{fn}: {weight_name} must be [V, D] with D = {hidden.shape[-1]} ({hidden_name}'s last dim), "
+                         f"got shape {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{fn}: {bias_name} must be [V] with V = {weight.shape[0]} ({weight_name}'s rows), got "
+                         f"shape {tuple(bias.shape)}")
 
 
 def auto_tile_size(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
@@ -42,18 +62,25 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     the same on every rank (SPEC §4); grad_hidden is summed over the group. That path runs in
     PyTorch, in row blocks holding as many logits as a tile (objx.parallel.losses).
     """
-    check_reduction(reduction)
-    tile_size = slicing("objx.linear_prob_loss", "tile_size", tile_size, chunk_size)
-    obj = resolve_objective(objective, alpha, min_prob, max_prob)
-    rows_hidden, rows_target = flatten_rows("objx.linear_prob_loss", hidden, target, name="hidden", last="D")
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"objx.linear_prob_loss: weight must be a torch.Tensor, got {type(weight).__name__}")
-    if weight.dim() != 2:
-        raise ValueError(f"objx.linear_prob_loss: weight must be 2-D [V, D], got shape {tuple(weight.shape)}")
-    weight = gathered_weight(weight, "objx.linear_prob_loss", process_group)
+    fn = "objx.linear_prob_loss"
+
+    def check():
+        ag.refuse_function_transforms(fn, hidden, weight, bias)
+        check_reduction(reduction)
+        tiles = slicing(fn, "tile_size", tile_size, chunk_size)
+        obj = resolve_objective(objective, alpha, min_prob, max_prob)
+        check_extras(fn, obj, label_smoothing, z_loss, softcap)
+        check_ignore_index(fn, ignore_index)
+        rows_hidden, rows_target = flatten_rows(fn, hidden, target, name="hidden", last="D")
+        check_head(fn, rows_hidden, weight, bias)
+        return tiles, obj, rows_hidden, rows_target, gathered_weight(weight, fn, process_group)
+
+    # With a process_group an argument error is raised on every rank, none left waiting for it.
+    tile_size, obj, rows_hidden, rows_target, weight = checked_on_every_rank(
+        fn, process_group, getattr(hidden, "device", None), check)
     if process_group is not None:
         return sharded.linear_prob_loss(
-            "objx.linear_prob_loss", rows_hidden, weight, bias, rows_target, obj, target.shape,
+            fn, rows_hidden, weight, bias, rows_target, obj, target.shape,
             ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
             softcap=softcap, return_token_prob=return_token_prob, process_group=process_group, tile_size=tile_size)
     needs_grad = torch.is_grad_enabled() and (
@@ -61,7 +88,7 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     if grad_in_forward is None:
         grad_in_forward = needs_grad and reduction != "none"
     if grad_in_forward and reduction == "none":
-        raise ValueError("objx.linear_prob_loss: grad_in_forward needs reduction 'mean' or 'sum' "
+        raise ValueError(f"{fn}: grad_in_forward needs reduction 'mean' or 'sum' "
                          "(per-row upstream gradients are unknown in the forward)")
     if tile_size is None:
         tile_size = auto_tile_size(rows_hidden.shape[0], weight.shape[0], hidden.dtype, hidden.device)
@@ -118,3 +145,4 @@ ag.register_head_fakes("linear_prob_loss_forward", "linear_prob_loss_backward", 
                        row_outputs=((), (), (), bool))  # loss, lse, token_logprob, counted
 ag.register_head_autograd("objx.linear_prob_loss", "linear_prob_loss_forward", "linear_prob_loss_backward",
                           head=("hidden", "weight", "bias"))
+ag.register_head_autocast("linear_prob_loss_forward")
