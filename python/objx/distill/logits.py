@@ -89,8 +89,8 @@ def _forward_fake(*inputs):
     torch._check(teacher.shape == student.shape, lambda: "objx.distill_loss: shape mismatch")
     # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
     for name, x in (("teacher_logits", teacher), ("target", inputs[2])):
-        torch._check(x is None or x.device == student.device,
-                     lambda: f"objx.distill_loss: {name} is on {x.device} but student_logits is on {student.device}")
+        torch._check_value(x is None or x.device == student.device, lambda: f"objx.distill_loss: {name} is on "
+                           f"{x.device} but student_logits is on {student.device}")
     rows_, acc, new = student.shape[0], ag.acc_dtype(student.dtype), student.new_empty
     return (new(rows_, dtype=acc), new(rows_, dtype=acc), new(rows_, dtype=acc), new(rows_, 6, dtype=acc),
             new(rows_, dtype=torch.bool))

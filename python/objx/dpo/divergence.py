@@ -66,8 +66,8 @@ def _forward_fake(*inputs):
     torch._check(policy.dim() == 2, lambda: "objx.vocab_divergence: policy_logits must be 2-D [N, V]")
     # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
     for name, x in (("ref_logits", inputs[1]), ("mask", inputs[4] if len(inputs) > 4 else None)):
-        torch._check(x is None or x.device == policy.device, lambda: f"objx.vocab_divergence: {name} is on "
-                     f"{x.device} but policy_logits is on {policy.device}")
+        torch._check_value(x is None or x.device == policy.device, lambda: f"objx.vocab_divergence: {name} is on "
+                           f"{x.device} but policy_logits is on {policy.device}")
     acc = ag.acc_dtype(policy.dtype)
     return policy.new_empty(policy.shape[0], dtype=acc), policy.new_empty(policy.shape[0], 4, dtype=acc)
 

@@ -94,8 +94,8 @@ def _forward_fake(*inputs):
     torch._check(logits.dim() == 2, lambda: "objx.prob_loss: logits must be 2-D [N, V]")
     torch._check(target.shape == logits.shape[:1], lambda: "objx.prob_loss: target must be [N]")
     # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
-    torch._check(target.device == logits.device,
-                 lambda: f"objx.prob_loss: target is on {target.device} but logits is on {logits.device}")
+    torch._check_value(target.device == logits.device,
+                       lambda: f"objx.prob_loss: target is on {target.device} but logits is on {logits.device}")
     rows, acc = logits.shape[0], ag.acc_dtype(logits.dtype)
     return (logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=acc),
             logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=torch.bool))
