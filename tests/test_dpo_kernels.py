@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import objx
-from helpers import assert_close, make_logits
+from helpers import TOLERANCES, assert_close, make_logits
 from objx import kernels
 
 
@@ -210,3 +210,101 @@ def test_dpo_kernel_module_fused_heads(device):
     with pytest.raises(ValueError, match="divergence term needs logits"):
         objx.DPOKernelLoss(divergence="kl", divergence_coef=0.1)(hw, hl, rhw, rhl, yw, yl, policy_weight=w_pol,
                                                                  ref_weight=w_ref)
+
+
+# ---- issue 15: numerics and parameters of the DPO-Kernels pieces ----------------------------------
+
+@pytest.mark.parametrize("dtype, f_alpha", [(torch.float16, 0.5), (torch.float16, 0.9), (torch.float16, 1.5),
+                                            (torch.bfloat16, 1 + 2e-6),
+                                            (torch.float32, 1 + 2e-6), (torch.float32, 1 - 2e-6)])
+def test_alpha_divergence_stays_finite_after_the_division(dtype, f_alpha):
+    # The exponent cap held exp() finite, but dividing by f_alpha - 1 then overflowed (fp16 at
+    # f_alpha = 0.5: exp(11) / -0.5 = -inf); below the caps the value is still the formula.
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    big = torch.finfo(dtype).max / 2
+    r = torch.cat([torch.randn(64, generator=g, dtype=torch.float64) * 3,
+                   torch.tensor([-big, -1e4, -60.0, 60.0, 1e4, big], dtype=torch.float64)])
+    score = objx.f_divergence_score(r.to(dtype), "alpha_divergence", f_alpha=f_alpha)
+    assert torch.isfinite(score).all(), f"non-finite alpha_divergence score in {dtype} at f_alpha={f_alpha}"
+    a = f_alpha - 1
+    expected = torch.exp(a * r.to(dtype).double()) / a
+    # below every cap, above underflow, and representable (fp16 cannot hold 1/(f_alpha - 1) = 5e5)
+    inside = ((a * r).abs() <= 8.0) & (expected.abs() < torch.finfo(dtype).max / 2)
+    tol = TOLERANCES[dtype][0]
+    err = ((score.double() - expected).abs() / expected.abs())[inside].max().item() if inside.any() else 0.0
+    assert err <= tol, f"alpha_divergence relative error {err:.2e} > {tol:.0e}"
+    capped = score.double()[a * r > 8.0]  # at the cap: the sign of 1/(f_alpha - 1), the largest magnitude
+    assert (capped.sign() == math.copysign(1, a)).all()
+    largest_inside = score.double()[inside].abs().amax() if inside.any() else 0.0
+    assert (capped.abs() >= largest_inside).all()
+
+
+def test_wasserstein_nan_in_a_masked_out_row_gives_a_zero_gradient(device):
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    emb = torch.randn(40, 6, generator=g, dtype=torch.float64).to(device)
+    policy, _ = make_logits(5, 40, dtype=torch.float64, device=device, generator=g)
+    ref, _ = make_logits(5, 40, dtype=torch.float64, device=device, generator=g)
+    mask = torch.tensor([True, False, True, True, False], device=device)
+    poisoned = policy.clone()
+    poisoned[1] = float("nan")
+    poisoned[4, 3] = float("inf")
+    x = poisoned.requires_grad_()
+    d = objx.vocab_divergence(x, ref, "wasserstein", token_embeddings=emb, mask=mask)
+    d.sum().backward()
+    clean = policy.clone().requires_grad_()
+    expected = objx.vocab_divergence(clean, ref, "wasserstein", token_embeddings=emb, mask=mask)
+    expected.sum().backward()
+    assert torch.isfinite(x.grad).all(), "NaN gradient from a masked-out row"
+    assert torch.equal(x.grad[~mask], torch.zeros_like(x.grad[~mask]))
+    assert_close(d, expected, 1e-12, "wasserstein with poisoned masked-out rows")
+    assert_close(x.grad, clean.grad, 1e-12, "its gradient")
+
+
+def test_kernel_parameters_are_validated():
+    with pytest.raises(ValueError, match="PolynomialKernel: degree must be an integer >= 1, got -1"):
+        kernels.PolynomialKernel(degree=-1)
+    with pytest.raises(ValueError, match="degree must be an integer >= 1, got 1.5"):
+        kernels.PolynomialKernel(degree=1.5)
+    with pytest.raises(ValueError, match="c must be a finite number >= 0"):
+        kernels.PolynomialKernel(c=-1.0)
+    with pytest.raises(ValueError, match="HierarchicalMixtureKernel: degree must be an integer >= 1"):
+        kernels.HierarchicalMixtureKernel(4, degree=0)
+    with pytest.raises(ValueError, match="weights and scales must be non-empty"):
+        kernels.SpectralKernel(weights=(), scales=())
+    with pytest.raises(ValueError, match="weights and scales must be non-empty and of one length"):
+        kernels.SpectralKernel(weights=(1.0,), scales=(1.0, 0.5))
+    with pytest.raises(ValueError, match="scales must be finite and > 0"):
+        kernels.SpectralKernel(scales=(-1.0, 0.1))
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        kernels.SpectralKernel(weights=(1.0, float("inf")))
+    with pytest.raises(ValueError, match="precision must be positive definite, got smallest eigenvalue -1"):
+        kernels.MahalanobisKernel(-torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="precision must be positive definite"):
+        kernels.MahalanobisKernel(torch.tensor([[1.0, 2.0], [2.0, 1.0]]))  # eigenvalues 3 and -1
+    with pytest.raises(TypeError, match="precision must be a floating-point tensor"):
+        kernels.MahalanobisKernel(torch.eye(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="learnable=True needs dim"):
+        kernels.MahalanobisKernel(learnable=True, dim=0)
+
+
+def test_mahalanobis_fit_refuses_integer_embeddings():
+    # It used to fit them and store an int64 precision matrix.
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    ints = torch.randint(0, 5, (20, 3), generator=g)
+    with pytest.raises(TypeError, match=r"fit: embeddings must be a floating-point tensor, got torch.int64"):
+        kernels.MahalanobisKernel().fit(ints)
+    with pytest.raises(ValueError, match="fit: embeddings must be finite"):
+        kernels.MahalanobisKernel().fit(torch.full((4, 3), float("nan")))
+    with pytest.raises(ValueError, match=r"fit: shrinkage must be in \[0, 1\]"):
+        kernels.MahalanobisKernel().fit(ints.double(), shrinkage=2.0)
+    fitted = kernels.MahalanobisKernel().fit(ints.double())
+    assert fitted.precision().dtype == torch.float64
+
+
+def test_mahalanobis_dimension_mismatch_names_the_precision():
+    x, y, _ = _embs(e=4)
+    with pytest.raises(ValueError, match=r"MahalanobisKernel: the precision is \(3, 3\) but the inputs are "
+                                         r"\[B, E\] with E = 4"):
+        kernels.MahalanobisKernel(torch.eye(3, dtype=torch.float64)).log_k(x, y)
+    with pytest.raises(ValueError, match="the precision is"):
+        kernels.HierarchicalMixtureKernel(3).double().log_k(x, y)
