@@ -159,16 +159,77 @@ def test_fused_forward_and_compute_loss_func_give_the_objective(objective, kwarg
     ids, labels = _batch(torch.seed() % 2**31)
     fused = model(input_ids=ids, labels=labels).loss
     logits = model(input_ids=ids).logits
-    # transformers' convention: the sum over tokens over the number of label tokens (a thresholded-out token
-    # adds 0 to the sum and still counts in the denominator, which keeps gradient accumulation exact).
-    tokens = (labels[:, 1:] != -100).sum()
-    expected = objx.reference.prob_loss(logits[:, :-1], labels[:, 1:], objective, reduction="sum", **kwargs) / tokens
+    # The mean over the tokens the objective counts (those passing its thresholds: every label token
+    # without one), objx.prob_loss's "mean".
+    expected = objx.reference.prob_loss(logits[:, :-1], labels[:, 1:], objective, **kwargs)
     torch.testing.assert_close(fused, expected, rtol=1e-10, atol=0)
     func = objx_hf.compute_loss_func(objective, **kwargs)
     torch.testing.assert_close(func({"logits": logits}, labels), expected, rtol=1e-10, atol=0)
     items = torch.tensor(40)
     torch.testing.assert_close(model(input_ids=ids, labels=labels, num_items_in_batch=items).loss,
                                func({"logits": logits}, labels, num_items_in_batch=items), rtol=1e-10, atol=0)
+
+
+def _thresholded_case(seed):
+    """(model, ids, labels, logits) where -log p · 1[p >= 0.2] leaves out a good part of the label tokens:
+    a sharpened head, and labels that are the model's own top token at about half of the positions."""
+    model = _tiny_llama()
+    model.lm_head.weight.data *= 60
+    ids, labels = _batch(seed, rows=4)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    g = torch.Generator().manual_seed(seed)
+    top = torch.rand(labels[:, 1:].shape, generator=g) < 0.5
+    labels[:, 1:] = torch.where(top & (labels[:, 1:] != -100), logits[:, :-1].argmax(-1), labels[:, 1:])
+    return model, ids, labels, logits
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_thresholded_objective_is_the_mean_over_passing_tokens(fused):
+    """The authors' normalisation (SPEC §1: "mean" over counted rows): the sum over the tokens with p >= 0.2
+    divided by their number, not by every label token (that was the loss times the passing fraction)."""
+    model, ids, labels, logits = _thresholded_case(torch.seed() % 2**31)
+    shifted_logits, shifted = logits[:, :-1], labels[:, 1:]
+    p = torch.softmax(shifted_logits.double(), -1).gather(-1, shifted.clamp(min=0)[..., None])[..., 0]
+    valid = shifted != -100
+    passing = (valid & (p >= 0.2)).sum()
+    assert 0 < passing < valid.sum(), "the threshold must leave some label tokens out for this test to mean anything"
+    total = objx.reference.prob_loss(shifted_logits, shifted, "nll", min_prob=0.2, reduction="sum")
+    expected = total / passing
+    if fused:
+        model = objx_hf.apply_objx_loss(model, "nll", min_prob=0.2)
+        loss = lambda **kw: model(input_ids=ids, labels=labels, **kw).loss  # noqa: E731
+    else:
+        func = objx_hf.compute_loss_func("nll", min_prob=0.2)
+        loss = lambda **kw: func({"logits": logits}, labels, **kw)  # noqa: E731
+    torch.testing.assert_close(loss(), expected, rtol=1e-10, atol=0)
+    # Without gradient accumulation num_items_in_batch is this batch's label tokens: the same loss.
+    torch.testing.assert_close(loss(num_items_in_batch=valid.sum()), expected, rtol=1e-10, atol=0)
+    # The label-token denominator stays available.
+    labels_func = objx_hf.compute_loss_func("nll", min_prob=0.2, normalize="labels")
+    torch.testing.assert_close(labels_func({"logits": logits}, labels), total / valid.sum(), rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        objx_hf.compute_loss_func("nll", normalize="tokens")
+
+
+def test_thresholded_objective_under_gradient_accumulation():
+    """Two micro-batches with num_items_in_batch = every label token of both: each micro-batch's passing mean,
+    weighted by its share of the label tokens (the whole batch's passing count is unknown until both ran)."""
+    _model, _ids, labels, logits = _thresholded_case(torch.seed() % 2**31)
+    func = objx_hf.compute_loss_func("nll", min_prob=0.2)
+    items = (labels[:, 1:] != -100).sum()
+    accumulated = sum(func({"logits": logits[k:k + 2]}, labels[k:k + 2], num_items_in_batch=items) for k in (0, 2))
+    expected = 0
+    for k in (0, 2):
+        z, y = logits[k:k + 2, :-1], labels[k:k + 2, 1:]
+        share = (y != -100).sum().double() / items
+        expected = expected + share * objx.reference.prob_loss(z, y, "nll", min_prob=0.2)
+    torch.testing.assert_close(accumulated, expected.to(accumulated.dtype), rtol=1e-10, atol=0)
+    # Without thresholds this is transformers' exact convention: the sum over both over every label token.
+    plain = objx_hf.compute_loss_func("nll")
+    accumulated = sum(plain({"logits": logits[k:k + 2]}, labels[k:k + 2], num_items_in_batch=items) for k in (0, 2))
+    torch.testing.assert_close(accumulated, objx.reference.prob_loss(logits[:, :-1], labels[:, 1:], reduction="sum")
+                               / items, rtol=1e-10, atol=0)
 
 
 class _Rows(torch.utils.data.Dataset):
