@@ -2,6 +2,7 @@
 one, on world sizes 2 and 3 (uneven shards included), gloo on CPU."""
 
 import os
+import re
 import random
 import socket
 
@@ -47,3 +48,63 @@ def test_process_group_without_distributed_is_a_clear_error():
     z = torch.randn(3, 5)
     with pytest.raises(RuntimeError, match="objx.prob_loss: process_group was given but torch.distributed"):
         objx.prob_loss(z, torch.tensor([0, 1, 2]), process_group=object())
+
+
+def _disagreeing_rank(rank, world, port, seed, out, device):
+    import vocab_parallel_worker
+
+    vocab_parallel_worker.disagreement_main(rank, world, port, seed, out, device)
+
+
+# Case name -> what every rank's error must say.
+DISAGREEMENTS = {
+    "targets": r"objx\.prob_loss: the ranks of process_group disagree on target \(",
+    "rows": r"disagree on the number of rows \(rank 0: 6, rank 1: 5\)",
+    "dtype": r"disagree on the dtype of logits \(rank 0: torch\.float64, rank 1: torch\.float32\)",
+    "objective": r"disagree on objective \(rank 0: 'nll', rank 1: 'power'\)",
+    "min_prob": r"disagree on min_prob \(rank 0: None, rank 1: 0\.2\)",
+    "reduction": r"disagree on reduction \(rank 0: 'mean', rank 1: 'sum'\)",
+    "bad target on one rank": r"objx\.prob_loss: target out of range on rank 1 of 2: row 1 has 20, the sharded "
+                              r"vocabulary has 20 entries",
+    "method": r"objx\.distill_loss: the ranks of process_group disagree on method \(rank 0: 'ttm', rank 1: 'kd'\)",
+    "temperature": r"disagree on temperature \(rank 0: 1\.0, rank 1: 2\.0\)",
+    "distill targets": r"objx\.distill_loss: the ranks of process_group disagree on target",
+    "divergence kind": r"objx\.vocab_divergence: the ranks of process_group disagree on kind \(rank 0: 'kl', "
+                       r"rank 1: 'js'\)",
+    "mask": r"objx\.vocab_divergence: the ranks of process_group disagree on mask",
+    "hidden": r"objx\.linear_prob_loss: the ranks of process_group disagree on hidden",
+    "linear targets": r"objx\.linear_prob_loss: target out of range on rank 1 of 2: row 1 has 20",
+    "linear hidden dtype": r"disagree on the dtype of hidden \(rank 0: torch\.float64, rank 1: torch\.float32\)",
+    "integer hidden on one rank": r"objx\.linear_prob_loss: rank 1 of 2: hidden must be .*float.*got torch\.int64",
+    "head width on one rank": r"objx\.linear_prob_loss: rank 1 of 2: weight must be \[V, D\] with D = 8",
+    "teacher hidden": r"objx\.linear_distill_loss: the ranks of process_group disagree on teacher_hidden",
+    "distill row_block": r"disagree on row_block \(rank 0: 3, rank 1: 2\)",
+}
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.cpu_only)]
+                         + (["cuda"] if torch.cuda.is_available() else []))
+def test_disagreeing_ranks_all_raise_the_same_error(device, tmp_path):
+    """Ranks whose arguments differ (targets, rows, dtypes, options, masks, hidden states) or that are wrong on
+    one rank only: every rank raises the same error, naming the argument (and the rank), within seconds; no
+    rank is left waiting in a collective (the group's timeout is 20 s, so a regression fails instead of
+    hanging)."""
+    seed = random.randrange(2**31)
+    mp.spawn(_disagreeing_rank, args=(2, _free_port(), seed, str(tmp_path), device), nprocs=2, join=True)
+    ranks = [[line.split("\t") for line in (tmp_path / f"rank{r}.txt").read_text().splitlines()] for r in range(2)]
+    problems = []
+    for r, lines in enumerate(ranks):
+        problems += [f"rank {r}: case {name!r}: left in a collective: {msg}" for name, t, _kind, msg in lines
+                     if t == "barrier"]
+    assert not problems, "\n".join(problems)
+    assert [line[0] for line in ranks[0]] == list(DISAGREEMENTS), [line[0] for line in ranks[0]]
+    for (name, t0, kind0, msg0), (_, t1, kind1, msg1) in zip(*ranks):
+        if kind0 == "none" or kind1 == "none":
+            problems.append(f"{name}: rank 0 raised {kind0}, rank 1 {kind1}: {msg0 or msg1}")
+        elif (kind0, msg0) != (kind1, msg1):
+            problems.append(f"{name}: the ranks raised different errors:\n  {kind0}: {msg0}\n  {kind1}: {msg1}")
+        elif not re.search(DISAGREEMENTS[name], msg0):
+            problems.append(f"{name}: {kind0}: {msg0!r} does not match {DISAGREEMENTS[name]!r}")
+        elif max(float(t0), float(t1)) > 5.0:
+            problems.append(f"{name}: took {max(float(t0), float(t1)):.1f} s")
+    assert not problems, f"seed {seed}:\n" + "\n".join(problems)

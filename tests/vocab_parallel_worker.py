@@ -378,3 +378,97 @@ def main(rank, world, port, seed, out, device="cpu"):
     with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
         f.write(f"{c.count} checks on {c.dev}\n" + "\n".join(c.failures))
     dist.destroy_process_group()
+
+
+# ---- ranks that disagree (SPEC §4: every argument but the shard must be equal on every rank) -------
+
+def disagreement_cases(rank: int, world: int, seed: int, device):
+    """(name, call) pairs: each call passes this rank's arguments, which differ between the ranks (or are
+    wrong on one rank only) in the one way the name says; every rank must raise the same error."""
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(seed)  # the same stream on every rank
+    z, y = make_logits(6, 20, dtype=torch.float64, generator=g, device=dev)
+    t = torch.randn(6, 20, dtype=torch.float64, generator=g).to(dev)
+    h = torch.randn(6, 8, dtype=torch.float64, generator=g).to(dev)
+    w = torch.randn(20, 8, dtype=torch.float64, generator=g).to(dev)
+    ht = torch.randn(6, 4, dtype=torch.float64, generator=g).to(dev)
+    wt = torch.randn(20, 4, dtype=torch.float64, generator=g).to(dev)
+    mask = torch.rand(6, generator=g).to(dev) > 0.3
+    base, extra = divmod(20, world)
+    start = rank * base + min(rank, extra)
+    part = slice(start, start + base + (rank < extra))
+    last = rank == world - 1  # the rank whose arguments differ
+    group = dist.group.WORLD
+    other_y = y.clone()
+    other_y[2] = (y[2] + 1) % 20
+    bad_y = y.clone()
+    bad_y[1] = 20  # one past the whole vocabulary, on one rank only
+    flipped = mask.clone()
+    flipped[0] = ~flipped[0]
+    return [
+        ("targets", lambda: objx.prob_loss(z[:, part], other_y if last else y, process_group=group)),
+        ("rows", lambda: objx.prob_loss(z[:5 if last else 6, part], y[:5 if last else 6], process_group=group)),
+        ("dtype", lambda: objx.prob_loss(z[:, part].float() if last else z[:, part], y, process_group=group)),
+        ("objective", lambda: objx.prob_loss(z[:, part], y, "-p" if last else "nll", process_group=group)),
+        ("min_prob", lambda: objx.prob_loss(z[:, part], y, min_prob=0.2 if last else None, process_group=group)),
+        ("reduction", lambda: objx.prob_loss(z[:, part], y, reduction="sum" if last else "mean",
+                                             process_group=group)),
+        ("bad target on one rank", lambda: objx.prob_loss(z[:, part], bad_y if last else y, process_group=group)),
+        ("method", lambda: objx.distill_loss(z[:, part], t[:, part], y, method="kd" if last else "ttm",
+                                             process_group=group)),
+        ("temperature", lambda: objx.distill_loss(z[:, part], t[:, part], y, temperature=2.0 if last else 1.0,
+                                                  process_group=group)),
+        ("distill targets", lambda: objx.distill_loss(z[:, part], t[:, part], other_y if last else y,
+                                                      process_group=group)),
+        ("divergence kind", lambda: objx.vocab_divergence(z[:, part], t[:, part], "js" if last else "kl",
+                                                          process_group=group)),
+        ("mask", lambda: objx.vocab_divergence(z[:, part], t[:, part], mask=flipped if last else mask,
+                                               process_group=group)),
+        ("hidden", lambda: objx.linear_prob_loss(h + 1e-3 if last else h, w[part], y, process_group=group)),
+        ("linear targets", lambda: objx.linear_prob_loss(h, w[part], bad_y if last else y, process_group=group)),
+        ("linear hidden dtype", lambda: objx.linear_prob_loss(h.float() if last else h, w[part].float() if last
+                                                              else w[part], y, process_group=group)),
+        ("integer hidden on one rank", lambda: objx.linear_prob_loss(h.long() if last else h, w[part], y,
+                                                                     process_group=group)),
+        ("head width on one rank", lambda: objx.linear_prob_loss(h, w[part, :7] if last else w[part], y,
+                                                                 process_group=group)),
+        ("teacher hidden", lambda: objx.linear_distill_loss(h, w[part], ht * (2 if last else 1), wt[part], y,
+                                                            process_group=group)),
+        ("distill row_block", lambda: objx.linear_distill_loss(h, w[part], ht, wt[part], y,
+                                                               row_block=2 if last else 3, process_group=group)),
+    ]
+
+
+def disagreement_main(rank, world, port, seed, out, device="cpu", timeout_s=20.0):
+    """Runs every disagreement case; writes `<out>/rank<r>.txt`: per case, a line
+    `name<TAB>seconds<TAB>exception type<TAB>message` (type "none" when nothing was raised). A short group
+    timeout makes a rank left waiting fail within seconds instead of the default 30 minutes."""
+    import datetime
+    import time
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    # Agreeing ranks first: the first call's one-time costs (imports, gloo's first all-gather) stay out of
+    # the timings, and agreement passes where it should.
+    z, y = make_logits(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(seed), device=device)
+    base = 10 // world
+    objx.prob_loss(z[:, rank * base:(rank + 1) * base if rank < world - 1 else 10], y, process_group=dist.group.WORLD)
+    dist.barrier()
+    lines = []
+    for name, call in disagreement_cases(rank, world, seed, device):
+        start = time.perf_counter()
+        try:
+            call()
+            kind, message = "none", ""
+        except Exception as e:  # what each rank raised is the result
+            kind, message = type(e).__name__, str(e).replace("\n", " ")
+        lines.append(f"{name}\t{time.perf_counter() - start:.3f}\t{kind}\t{message}")
+        try:
+            dist.barrier()
+        except Exception as e:  # a rank left behind in a collective: the group is gone, stop here
+            lines.append(f"{name}\tbarrier\t{type(e).__name__}\t{str(e)[:200]}")
+            break
+    with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    dist.destroy_process_group()

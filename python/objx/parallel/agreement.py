@@ -140,7 +140,7 @@ class Agreement:
         shard size."""
         world = dist.get_world_size(self.group)
         vector = self._vector(local_size, False) if error is None else _error_vector(self.device)
-        gathered = funcol.wait_tensor(funcol.all_gather_tensor(vector, 0, self.group))
+        gathered = funcol.wait_tensor(funcol.all_gather_single(vector, 0, self.group))
         table = gathered.reshape(world, LENGTH).cpu().tolist()
         _raise_reported_errors(self.fn, self.group, table, error)
         if len({row[0] for row in table}) > 1:
