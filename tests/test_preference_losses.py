@@ -15,8 +15,11 @@ import torch.nn.functional as F
 import objx
 from helpers import TOLERANCES, assert_close, make_logits
 from objx import kernels
-from objx.dpo.loss import F_DIVERGENCE_TYPES, TRL_LOSS_TYPES
 
+# TRL 1.16's DPOConfig.loss_type values, and those its DPOTrainer allows a non-default f-divergence with.
+TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+F_DIVERGENCE_TYPES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
 DTYPES = (torch.float64, torch.float32)
 VOCAB = 64
 
@@ -176,7 +179,7 @@ REFERENCE_FREE_OPTIONS = {"cpo": dict(beta=0.3, label_smoothing=0.1), "orpo": di
 @pytest.mark.parametrize("loss_type", ["cpo", "simpo", "orpo"])
 def test_reference_free_types_match_trl(trl, device, dtype, loss_type):
     options = REFERENCE_FREE_OPTIONS[loss_type]
-    nll_coef = objx.dpo.loss.resolve_nll_coef(loss_type, None)  # cpo, orpo: 1 (TRL's cpo_alpha, ORPO's NLL)
+    nll_coef = 0.0 if loss_type == "simpo" else 1.0  # the default: TRL's cpo_alpha = 1, ORPO's NLL term
     tok, mask, _ = _token_logps(6, 9, dtype)
     expected_leaf = tok.clone().requires_grad_()
     expected, chosen, rejected = trl_reference_free_loss(
