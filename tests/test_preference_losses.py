@@ -265,6 +265,15 @@ def test_orpo_log_odds_stable_near_probability_one(device):
         assert_close(loss, expected, TOLERANCES[dtype][0], f"orpo near 0 in {dtype}")
         loss.sum().backward()
         assert torch.isfinite(pw.grad).all(), pw.grad
+    # Probability 1 (a response with no counted token): infinite odds, capped at a = -1e-30.
+    pw = torch.tensor([0.0, -1.0], dtype=torch.float64, device=device).requires_grad_()
+    loss, _ = objx.dpo_kernel_loss(pw, torch.full_like(pw, -2.0), loss_type="orpo", beta=0.1, nll_coef=0.0,
+                                   reduction="none")
+    capped = torch.tensor(-1e-30, dtype=torch.float64)
+    assert loss[0].item() == pytest.approx(-0.1 * F.logsigmoid(capped - math.log(1e-30) - _log_odds(torch.tensor(-2.0,
+                                           dtype=torch.float64))).item(), rel=1e-12)
+    loss.sum().backward()
+    assert torch.isfinite(pw.grad).all() and pw.grad[0].item() == 0.0
 
 
 # ---- DPOKernelLoss with the new types ------------------------------------------------------------
@@ -437,6 +446,15 @@ def test_module_divergence_without_response_tokens(device):
     assert loss.item() == pytest.approx(math.log(2.0), rel=1e-12)  # z = 0 for every pair: -log sigmoid(0)
     loss.backward()
     assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_module_orpo_with_an_empty_response(device):
+    (pw, pl, _, _), (yw, yl) = _pair_logits(device, torch.float64)
+    yl[1].fill_(-100)
+    w = pw.clone().requires_grad_()
+    loss, _ = objx.DPOKernelLoss(loss_type="orpo")(w, pl, None, None, yw, yl)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(w.grad).all()
 
 
 def test_module_empty_batch(device):

@@ -39,6 +39,7 @@ _F_PRIME_CONSTANT = {"reverse_kl": lambda a: 0.0, "forward_kl": lambda a: 1.0,
                      "alpha_divergence": lambda a: 0.0 if abs(a - 1.0) < 1e-6 else -1.0 / (a - 1.0)}
 
 _LN2 = math.log(2.0)
+ORPO_MAX_LOGP = -1e-30  # the largest averaged log-prob ORPO's log odds take (a normal float32)
 
 
 def _loss_types(loss_type: Union[str, Sequence[str]]) -> tuple:
@@ -120,7 +121,7 @@ def dpo_kernel_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: to
       simpo         -(1-eps) log sig(z) - eps log sig(-z),  z = beta (a_w - a_l) - simpo_gamma + kappa
       cpo           the same with z = beta (lp_w - lp_l) + kappa, plus nll_coef (default 1) * NLL
       orpo          -beta log sig(z), z = log odds(a_w) - log odds(a_l) + kappa (beta is ORPO's lambda),
-                    log odds(a) = a - log(1 - exp(a)), plus nll_coef (default 1) * NLL
+                    log odds(a) = a - log(1 - exp(a)) (a capped at -1e-30), plus nll_coef (default 1) * NLL
     How the DPO-Kernels terms combine: the kernel term kappa enters the margin z of the margin types
     (MARGIN_TYPES; an error elsewhere), a non-default f_divergence only the types of
     F_DIVERGENCE_TYPES (TRL's rule), and the divergence and NLL terms are added to any type:
@@ -243,9 +244,12 @@ def dpo_kernel_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: to
             return _smoothed_sigmoid(beta * (per_token(lp_w, n_w) - per_token(lp_l, n_l)) - simpo_gamma + kappa, eps)
         if kind == "cpo":
             return _smoothed_sigmoid(beta * (lp_w - lp_l) + kappa, eps)
-        # orpo, in at least float32 (exp(a) rounds to 1 in half precision long before a reaches 0)
+        # orpo, in at least float32 (exp(a) rounds to 1 in half precision long before a reaches 0). A
+        # log-prob of 0 (probability 1, e.g. a response with no counted token) has infinite odds: it
+        # is capped at a = ORPO_MAX_LOGP (log odds ~ 69), which keeps the loss and gradients finite.
         wide = torch.promote_types(lp_w.dtype, torch.float32)
-        a_w, a_l = per_token(lp_w, n_w).to(wide), per_token(lp_l, n_l).to(wide)
+        a_w = per_token(lp_w, n_w).to(wide).clamp(max=ORPO_MAX_LOGP)
+        a_l = per_token(lp_l, n_l).to(wide).clamp(max=ORPO_MAX_LOGP)
         log_odds = (a_w - a_l) - (_log1mexp(a_w) - _log1mexp(a_l))
         return -beta * F.logsigmoid(log_odds + kappa)
 
