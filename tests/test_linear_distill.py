@@ -136,3 +136,60 @@ def test_chunk_size_is_a_deprecated_alias_of_row_block(device):
     assert torch.equal(got, expected)
     with pytest.raises(ValueError, match="row_block must be an integer > 0"):
         objx.linear_distill_loss(hs, ws, ht, wt, hard_weight=0.0, row_block=0)
+
+
+# ---- autocast, double backward, torch.func, argument types (issue 15) ---------------------------
+
+def _distill_under_autocast(fn, hs, ws, bs, ht, wt, bt, target, device):
+    leaves = [t.detach().clone().requires_grad_() for t in (hs, ws, bs)]
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        loss = fn(leaves[0], leaves[1], leaves[2], ht, wt, bt, target)
+    loss.backward()
+    return loss.detach(), [t.grad for t in leaves]
+
+
+def test_autocast_mixed_heads_follow_f_linear_eager_and_compiled(device):
+    """bfloat16 hidden states and float32 heads under autocast: both heads' GEMMs in bfloat16, eager and
+    compiled alike, against the reference on the bfloat16-rounded inputs."""
+    hs, ws, bs, ht, wt, bt, target = make_heads(20, 16, 12, 200, dtype=torch.float32, device=device)
+    hs, ht = hs.bfloat16(), ht.bfloat16()
+    fn = lambda hs_, ws_, bs_, ht_, wt_, bt_, y: objx.linear_distill_loss(  # noqa: E731
+        hs_, ws_, ht_, wt_, y, student_bias=bs_, teacher_bias=bt_, method="kd", temperature=2.0, row_block=8)
+    eager, eager_grads = _distill_under_autocast(fn, hs, ws, bs, ht, wt, bt, target, device)
+    compiled, compiled_grads = _distill_under_autocast(torch.compile(fn), hs, ws, bs, ht, wt, bt, target, device)
+    tol_loss, tol_grad = TOLERANCES[torch.float32]
+    assert_close(compiled, eager, tol_loss, "compiled vs eager loss")
+    for name, c, e in zip(("hidden", "weight", "bias"), compiled_grads, eager_grads):
+        assert_close(c, e, tol_grad, f"compiled vs eager grad of student_{name}")
+    assert [g.dtype for g in eager_grads] == [torch.bfloat16, torch.float32, torch.float32]
+    rounded = lambda t: t.detach().bfloat16().double().cpu()  # noqa: E731
+    ref_in = [rounded(t).requires_grad_() for t in (hs, ws, bs)]
+    ref = objx.reference.linear_distill_loss(ref_in[0], ref_in[1], rounded(ht), rounded(wt), target.cpu(),
+                                             student_bias=ref_in[2], teacher_bias=rounded(bt), method="kd",
+                                             temperature=2.0)
+    ref.backward()
+    tol_loss, tol_grad = TOLERANCES[torch.bfloat16]
+    assert_close(eager, ref, tol_loss, "loss vs reference on bfloat16 inputs")
+    for name, e, r in zip(("hidden", "weight", "bias"), eager_grads, ref_in):
+        assert_close(e, r.grad, tol_grad, f"grad of student_{name} vs reference on bfloat16 inputs")
+
+
+@pytest.mark.parametrize("grad_in_forward", [True, False])
+def test_double_backward_is_a_clear_error(grad_in_forward, device):
+    hs, ws, bs, ht, wt, bt, target = make_heads(6, 8, 5, 30, dtype=torch.float64, device=device)
+    h, w = hs.clone().requires_grad_(), ws.clone().requires_grad_()
+    loss = objx.linear_distill_loss(h, w, ht, wt, target, method="jsd", grad_in_forward=grad_in_forward)
+    with pytest.raises(RuntimeError, match=r"objx\.linear_distill_loss: double backward .*not supported"):
+        grad_h, grad_w = torch.autograd.grad(loss, (h, w), create_graph=True)
+        torch.autograd.grad(grad_h.pow(2).sum() + grad_w.pow(2).sum(), (h, w))
+
+
+def test_function_transforms_and_non_floating_arguments_are_named(device):
+    hs, ws, bs, ht, wt, bt, target = make_heads(5, 8, 6, 30, device=device)
+    with pytest.raises(RuntimeError, match=r"objx\.linear_distill_loss: torch\.func transforms .*not supported"):
+        torch.func.grad(lambda h: objx.linear_distill_loss(h, ws, ht, wt, target))(hs)
+    for kw, name in ((dict(hs=hs.long()), "student_hidden"), (dict(ws=ws.int()), "student_weight"),
+                     (dict(ht=ht.long()), "teacher_hidden"), (dict(wt=wt.long()), "teacher_weight")):
+        a = {"hs": hs, "ws": ws, "ht": ht, "wt": wt, **kw}
+        with pytest.raises(TypeError, match=rf"objx\.linear_distill_loss: {name} must be .*float.*, got torch\.int"):
+            objx.linear_distill_loss(a["hs"], a["ws"], a["ht"], a["wt"], target)

@@ -222,3 +222,73 @@ def test_chunk_size_is_a_deprecated_alias_of_tile_size(device):
     assert torch.equal(got, expected)
     with pytest.raises(ValueError, match="pass tile_size only"):
         objx.linear_prob_loss(hidden, weight, target, b, tile_size=64, chunk_size=64)
+
+
+# ---- autocast, double backward, torch.func, argument types (issue 15) ---------------------------
+
+def _autocast_run(fn, hidden, weight, bias, target, device):
+    """loss and (hidden, weight, bias) gradients of fn under torch.autocast(bfloat16) on device."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (hidden, weight, bias)]
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        loss = fn(leaves[0], leaves[1], target, leaves[2])
+    loss.backward()
+    return loss.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+@pytest.mark.parametrize("objective", ["nll", "-p"])
+def test_autocast_mixed_head_follows_f_linear_eager_and_compiled(objective, device):
+    """bfloat16 activations and a float32 head under autocast (the common mixed case): the head's GEMMs run in
+    bfloat16 as F.linear's would, the same eager and compiled, each gradient in its input's dtype."""
+    hidden, weight, target, bias = make_head(24, 16, 300, dtype=torch.float32, device=device, bias=True)
+    hidden = hidden.bfloat16()
+    fn = lambda h, w, y, b: objx.linear_prob_loss(h, w, y, b, objective, tile_size=128)  # noqa: E731
+    eager, eager_grads = _autocast_run(fn, hidden, weight, bias, target, device)
+    compiled, compiled_grads = _autocast_run(torch.compile(fn), hidden, weight, bias, target, device)
+    tol_loss, tol_grad = TOLERANCES[torch.float32]
+    assert_close(compiled, eager, tol_loss, "compiled vs eager loss")
+    for name, c, e in zip(("hidden", "weight", "bias"), compiled_grads, eager_grads):
+        assert_close(c, e, tol_grad, f"compiled vs eager grad_{name}")
+    assert [g.dtype for g in eager_grads] == [torch.bfloat16, torch.float32, torch.float32]
+    # The reference on the inputs autocast hands the GEMM: everything rounded to bfloat16.
+    ref_in = [t.detach().bfloat16().double().cpu().requires_grad_() for t in (hidden, weight, bias)]
+    ref = objx.reference.linear_prob_loss(ref_in[0], ref_in[1], target.cpu(), ref_in[2], objective)
+    ref.backward()
+    tol_loss, tol_grad = TOLERANCES[torch.bfloat16]
+    assert_close(eager, ref, tol_loss, "loss vs reference on bfloat16 inputs")
+    for name, e, r in zip(("hidden", "weight", "bias"), eager_grads, ref_in):
+        assert_close(e, r.grad, tol_grad, f"grad_{name} vs reference on bfloat16 inputs")
+
+
+@pytest.mark.parametrize("grad_in_forward", [True, False])
+def test_double_backward_is_a_clear_error(grad_in_forward, device):
+    """The backward kernels are not differentiable: asking for a second derivative raises instead of silently
+    dropping its second-order terms (with grad_in_forward, as soon as create_graph asks for one)."""
+    hidden, weight, target, bias = make_head(6, 8, 40, dtype=torch.float64, device=device, bias=True)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = objx.linear_prob_loss(h, w, target, bias, "-p", grad_in_forward=grad_in_forward)
+    with pytest.raises(RuntimeError, match=r"objx\.linear_prob_loss: double backward .*not supported"):
+        grad_h, grad_w = torch.autograd.grad(loss, (h, w), create_graph=True)
+        torch.autograd.grad((grad_h.pow(2).sum() + grad_w.pow(2).sum()), (h, w))
+    with pytest.raises(RuntimeError, match=r"objx\.linear_prob_loss: double backward .*not supported"):
+        torch.autograd.gradgradcheck(lambda hh: objx.linear_prob_loss(hh, w.detach(), target, bias, "-p",
+                                                                      grad_in_forward=grad_in_forward), (h,))
+    # A first derivative is still what it was.
+    (grad_h,) = torch.autograd.grad(objx.linear_prob_loss(h, w, target, bias, "-p"), h)
+    ref_h = hidden.detach().cpu().requires_grad_()
+    objx.reference.linear_prob_loss(ref_h, weight.cpu(), target.cpu(), bias.cpu(), "-p").backward()
+    assert_close(grad_h, ref_h.grad, TOLERANCES[torch.float64][1], "first-order grad_hidden")
+
+
+def test_function_transforms_are_refused_with_the_reason(device):
+    hidden, weight, target, _ = make_head(5, 8, 30, device=device)
+    with pytest.raises(RuntimeError, match=r"objx\.linear_prob_loss: torch\.func transforms .*not supported"):
+        torch.func.grad(lambda h: objx.linear_prob_loss(h, weight, target))(hidden)
+
+
+def test_non_floating_head_arguments_are_named(device):
+    hidden, weight, target, bias = make_head(5, 8, 30, device=device, bias=True)
+    for kw, name in ((dict(hidden=hidden.long()), "hidden"), (dict(weight=weight.int()), "weight"),
+                     (dict(bias=bias.long()), "bias")):
+        args = {"hidden": hidden, "weight": weight, "bias": bias, **kw}
+        with pytest.raises(TypeError, match=rf"objx\.linear_prob_loss: {name} must be .*float.*, got torch\.int"):
+            objx.linear_prob_loss(args["hidden"], args["weight"], target, args["bias"])

@@ -282,5 +282,24 @@ def scale_forward_grads(ctx, grad_loss, fn: str):
         kept = saved(ctx)
         grad_hidden = kept["grad_hidden"] * grad_loss[:, None]
         grad_weight, grad_bias = kept["grad_weight"] * scale, kept["grad_bias"] * scale
-    return (grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype),
-            grad_bias.to(weight_dtype) if ctx.has_bias else None)
+    return (rounded_to(grad_hidden, hidden_dtype), rounded_to(grad_weight, weight_dtype),
+            rounded_to(grad_bias, weight_dtype) if ctx.has_bias else None)
+
+
+@torch.library.custom_op("objx::cast_gradient", mutates_args=())
+def _cast_gradient(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype)
+
+
+@_cast_gradient.register_fake
+def _(x, dtype):
+    return torch.empty_like(x, dtype=dtype)
+
+
+def rounded_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x.to(dtype), rounded in compiled code too. Under autocast a float32 weight's bfloat16 copy
+    gets its gradient in bfloat16, then back in float32: eager rounds there, but inductor drops
+    such a pair of casts. Traced, the cast is an opaque op, so both give the same gradient."""
+    if x.dtype == dtype or not is_traced(x):
+        return x.to(dtype)
+    return _cast_gradient(x, dtype)
