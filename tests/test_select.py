@@ -123,3 +123,51 @@ def test_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "objx", "select", "dpo", "--embeddings", str(emb)],
                          capture_output=True, text=True, check=True).stdout
     assert "<- best" in out and "NAG" in out
+
+
+# ---- issue 15: no confident answer from bad data ----------------------------------------------------
+
+def test_select_divergence_refuses_non_finite_logits():
+    z, r, y = _dists(32, 50, seed=torch.seed() % 2**31)
+    for bad in (float("nan"), float("inf")):
+        poisoned = z.clone()
+        poisoned[5, 7] = bad
+        # it used to pick 'kl' with NaN metrics
+        with pytest.raises(ValueError, match="policy_logits has NaN or \\+inf entries"):
+            select.select_divergence(poisoned, r, y)
+        with pytest.raises(ValueError, match="ref_logits has NaN or \\+inf entries"):
+            select.select_divergence(r, poisoned, y)
+    dead = z.clone()
+    dead[3] = float("-inf")  # a row with no probability mass anywhere
+    with pytest.raises(ValueError, match="row 3 is -inf everywhere"):
+        select.select_divergence(dead, r, y)
+    y[5] = -100  # an ignored position's logits do not matter
+    poisoned = z.clone()
+    poisoned[5] = float("nan")
+    assert select.select_divergence(poisoned, r, y).metrics == select.select_divergence(z, r, y).metrics
+
+
+def test_select_divergence_argument_errors():
+    z, r, y = _dists(8, 20)
+    with pytest.raises(TypeError, match="policy_logits must be a torch.Tensor, got list"):
+        select.select_divergence(z.tolist(), r, y)
+    with pytest.raises(ValueError, match="of one shape"):
+        select.select_divergence(z, r[:, :10], y)
+
+
+def test_select_kernel_refuses_empty_or_non_finite_embeddings():
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    x, w, l_ = (torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    empty = torch.zeros(0, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"needs at least one pair with E >= 1, got \[B, E\] = \(0, 4\)"):
+        select.select_kernel(empty, empty, empty)  # it used to pick 'rbf'
+    bad = w.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="chosen_emb has NaN or inf entries"):
+        select.select_kernel(x, bad, l_)
+    with pytest.raises(TypeError, match="rejected_emb must be a floating-point tensor"):
+        select.select_kernel(x, w, l_.long())
+    with pytest.raises(ValueError, match=r"embeddings must all be \[B, E\], got prompt_emb \(6, 4\)"):
+        select.select_kernel(x, w, l_[:3])
+    with pytest.raises(ValueError, match="rbf PND, .* came out non-finite"):  # a candidate that makes NaN
+        select.select_kernel(x, w, l_, {"rbf": kernels.RBFKernel(1e-200)})
