@@ -326,6 +326,28 @@ def check_errors(c: Checker, group):
                 c.failures.append(f"error case '{what}': message does not name the function: {e}")
 
 
+def check_double_backward(c: Checker, group):
+    """The sharded losses' backward is objx's kernels on row statistics: a second derivative must raise a
+    clear error, not drop the second-order terms."""
+    z, y = make_logits(5, 14, dtype=torch.float64, generator=c.generator(700), device=c.dev)
+    t = c.randn(c.generator(701), 5, 14)
+    part = c.split(14)
+    for what, loss in (("prob_loss", lambda zz: objx.prob_loss(zz, y, "-p", process_group=group)),
+                       ("distill_loss", lambda zz: objx.distill_loss(zz, t[:, part], y, method="jsd",
+                                                                     process_group=group)),
+                       ("vocab_divergence", lambda zz: objx.vocab_divergence(zz, t[:, part], "kl",
+                                                                             process_group=group).sum())):
+        c.count += 1
+        shard = _leaf(z[:, part])
+        (grad,) = torch.autograd.grad(loss(shard), shard, create_graph=True)
+        try:
+            torch.autograd.grad(grad.pow(2).sum(), shard)
+            c.failures.append(f"sharded {what}: double backward did not raise")
+        except RuntimeError as e:
+            if "double backward is not supported" not in str(e):
+                c.failures.append(f"sharded {what}: double backward raised an unclear error: {e}")
+
+
 def check_dtensor_heads(c: Checker, group):
     """FSDP2-style: the head is a DTensor sharded by rows across ranks with different hidden states."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -369,7 +391,7 @@ def main(rank, world, port, seed, out, device="cpu"):
     objx.parallel.losses.BLOCK_BYTES = 3 * 6 * 4 * 15
     c = Checker(rank, world, seed, device)
     group = dist.group.WORLD
-    checks = [check_prob_loss, check_linear, check_distill, check_divergence, check_errors]
+    checks = [check_prob_loss, check_linear, check_distill, check_divergence, check_errors, check_double_backward]
     if c.dev.type == "cpu":  # the DTensor checks build a CPU mesh
         checks.append(check_dtensor_heads)
     for check in checks:
