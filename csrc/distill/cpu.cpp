@@ -71,13 +71,9 @@ void reduce_divergence(const scalar_t* s, const scalar_t* t, int64_t vocab, cons
   row.qa = static_cast<acc_t>(qa);
 }
 
-struct RowErrors {
-  int64_t bad_target, empty_row;  // -1: none
-};
-
 template <typename scalar_t, typename acc_t>
-RowErrors forward_impl(const at::Tensor& student, const at::Tensor& teacher, const int64_t* y,
-                       const DistillParams<acc_t>& prm, DistillForward& out) {
+void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const int64_t* y,
+                  const DistillParams<acc_t>& prm, DistillForward& out, RowErrors& errors) {
   auto& [loss, soft, hard, stats, counted] = out;
   const int64_t rows = student.size(0), vocab = student.size(1);
   const scalar_t* s_base = student.const_data_ptr<scalar_t>();
@@ -120,7 +116,8 @@ RowErrors forward_impl(const at::Tensor& student, const at::Tensor& teacher, con
       counted_p[r] = true;
     }
   });
-  return {bad_target.load() < rows ? bad_target.load() : -1, empty_row.load() < rows ? empty_row.load() : -1};
+  if (bad_target.load() < rows) errors.note(math::kBadTarget, bad_target.load());
+  if (empty_row.load() < rows) errors.note(math::kEmptyRow, empty_row.load());
 }
 
 template <typename scalar_t, typename acc_t>
@@ -162,17 +159,15 @@ void backward_impl(const acc_t* grad_loss, const at::Tensor& student, const at::
   });
 }
 
-DistillForward forward(const DistillInputs& in) {
+DistillForward forward(const DistillInputs& in, RowErrors& errors) {
   const auto acc = acc_dtype(in.student.scalar_type());
   auto out = allocate_distill_forward(in.student.size(0), in.student.options().dtype(acc));
   if (in.student.size(0) == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_forward", [&] {
     using acc_t = acc_type<scalar_t>;
     const auto prm = make_distill_params<acc_t>(in.opt, in.student.size(1), in.has_target);
-    const auto err = forward_impl<scalar_t, acc_t>(in.student, in.teacher,
-                                                   in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
-                                                   prm, out);
-    raise_distill_row_errors(in.target, in.student.size(1), in.opt.ignore_index, err.bad_target, err.empty_row);
+    forward_impl<scalar_t, acc_t>(in.student, in.teacher, in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
+                                  prm, out, errors);
   });
   return out;
 }

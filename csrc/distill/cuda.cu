@@ -11,6 +11,7 @@
 #include "common/acc_type.h"
 #include "common/block_reduce.cuh"
 #include "common/cuda_api.cuh"
+#include "common/vec_load.cuh"
 #include "distill/distill.h"
 #include "math/distill.h"
 #include "math/online_lse.h"
@@ -23,7 +24,6 @@ using math::DistillRow;
 using math::LseState;
 
 constexpr int kThreads = 256;
-constexpr int kBadTarget = 0, kEmptyRow = 1;
 
 template <typename acc_t>
 struct DistillOutputs {
@@ -32,7 +32,8 @@ struct DistillOutputs {
   acc_t* hard;
   acc_t* stats;
   bool* counted;
-  unsigned long long* first_error;  // [2]: first bad-target row, first empty counted row
+  unsigned long long* first_error;  // RowErrors::slots(): first bad-target row, first empty counted row
+  int64_t row_offset;               // the op's number of this launch's row 0
 };
 
 // Pass 2 over one row by the whole block: row.div and row.qa from row's log-sum-exps.
@@ -40,12 +41,12 @@ template <typename scalar_t, typename acc_t>
 __device__ void block_divergence(const scalar_t* s, const scalar_t* t, const DistillParams<acc_t>& prm,
                                  DistillRow<acc_t>& row) {
   acc_t div = 0, qa = 0;
-  for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
+  for_rows(s, t, prm.vocab, [&](int64_t, scalar_t sj, scalar_t tj) {
     acc_t term, qa_j;
-    math::distill_entry_sums(prm, row, static_cast<acc_t>(s[j]), static_cast<acc_t>(t[j]), term, qa_j);
+    math::distill_entry_sums(prm, row, static_cast<acc_t>(sj), static_cast<acc_t>(tj), term, qa_j);
     div += term;
     qa += qa_j;
-  }
+  });
   row.div = block_sum(div);
   row.qa = block_sum(qa);
 }
@@ -64,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
   acc_t* row_stats = out.stats + r * math::kDistillRowStats;
   if (!counts || bad) {  // uniform over the block
     if (threadIdx.x == 0) {
-      if (bad) atomicMin(out.first_error + kBadTarget, static_cast<unsigned long long>(r));
+      if (bad) atomicMin(out.first_error + math::kBadTarget, static_cast<unsigned long long>(out.row_offset + r));
       out.loss[r] = out.soft[r] = out.hard[r] = acc_t(0);
       for (int k = 0; k < math::kDistillRowStats; ++k) row_stats[k] = acc_t(0);
       out.counted[r] = false;
@@ -75,13 +76,13 @@ __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
   LseState<acc_t> st[4];
 #pragma unroll
   for (int k = 0; k < 4; ++k) st[k] = math::lse_empty<acc_t>();
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const acc_t sj = static_cast<acc_t>(s[j]), tj = static_cast<acc_t>(t[j]);
+  for_rows(s, t, vocab, [&](int64_t, scalar_t s_raw, scalar_t t_raw) {
+    const acc_t sj = static_cast<acc_t>(s_raw), tj = static_cast<acc_t>(t_raw);
     math::lse_add(st[0], sj);
     math::lse_add(st[1], sj / T);
     math::lse_add(st[2], tj / T);
     math::lse_add(st[3], tj);
-  }
+  });
   DistillRow<acc_t> row;
   row.lse_s1 = math::lse_finish(block_lse(st[0]));
   row.lse_sT = math::lse_finish(block_lse(st[1]));
@@ -93,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
 
   if (threadIdx.x == 0) {
     if (row.lse_s1 == -std::numeric_limits<acc_t>::infinity())
-      atomicMin(out.first_error + kEmptyRow, static_cast<unsigned long long>(r));
+      atomicMin(out.first_error + math::kEmptyRow, static_cast<unsigned long long>(out.row_offset + r));
     const acc_t soft = math::distill_soft(prm, row);
     const acc_t hard = prm.has_target ? row.lse_s1 - static_cast<acc_t>(s[y]) : acc_t(0);
     out.loss[r] = prm.hard_weight * hard + prm.soft_weight * soft;
@@ -115,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
   const int64_t vocab = prm.vocab;
   scalar_t* out = grad + r * vocab;
   if (!counted[r]) {
-    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) out[j] = scalar_t(0);
+    zero_row(out, vocab);
     return;
   }
   const DistillRow<acc_t> row = math::distill_row_from(stats + r * math::kDistillRowStats);
@@ -123,9 +124,10 @@ __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
   const scalar_t* t = teacher + r * t_stride;
   const int64_t y = prm.has_target ? target[r] : -1;
   const auto g = math::distill_grad_weights(prm, row, grad_loss[r]);
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
-    out[j] = static_cast<scalar_t>(math::distill_entry_grad(prm, row, static_cast<acc_t>(s[j]),
-                                                            static_cast<acc_t>(t[j]), j == y, g.hard, g.soft));
+  map_rows(out, s, t, vocab, [&](int64_t j, scalar_t sj, scalar_t tj) {
+    return static_cast<scalar_t>(math::distill_entry_grad(prm, row, static_cast<acc_t>(sj), static_cast<acc_t>(tj),
+                                                          j == y, g.hard, g.soft));
+  });
 }
 
 // A shard's sums: the row's log-sum-exps come from row_lse (see DistillKernels::shard_sums).
@@ -143,14 +145,13 @@ __global__ void __launch_bounds__(kThreads) distill_shard_sums_kernel(
   }
 }
 
-DistillForward forward(const DistillInputs& in) {
+DistillForward forward(const DistillInputs& in, RowErrors& errors) {
   const DeviceGuard guard(in.student.device());
   const int64_t rows = in.student.size(0), vocab = in.student.size(1);
   const auto acc = acc_dtype(in.student.scalar_type());
   auto out = allocate_distill_forward(rows, in.student.options().dtype(acc));
   if (rows == 0) return out;
   check_grid_rows("objx.distill_loss", rows);
-  auto errors = at::full({2}, rows, in.student.options().dtype(at::kLong));
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_forward", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -162,12 +163,9 @@ DistillForward forward(const DistillInputs& in) {
         DistillOutputs<acc_t>{loss.mutable_data_ptr<acc_t>(), soft.mutable_data_ptr<acc_t>(),
                               hard.mutable_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>(),
                               counted.mutable_data_ptr<bool>(),
-                              reinterpret_cast<unsigned long long*>(errors.mutable_data_ptr<int64_t>())});
+                              errors.slots(), errors.row_offset});
     OBJX_LAUNCH_CHECK();
   });
-  const auto host = errors.cpu();  // one read-back per call turns device findings into an error
-  const int64_t bad = host[kBadTarget].item<int64_t>(), empty = host[kEmptyRow].item<int64_t>();
-  raise_distill_row_errors(in.target, vocab, in.opt.ignore_index, bad < rows ? bad : -1, empty < rows ? empty : -1);
   return out;
 }
 

@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "common/row_errors.h"
 #include "math/distill.h"
 
 namespace objx {
@@ -51,12 +52,14 @@ math::DistillParams<acc_t> make_distill_params(const DistillOptions& opt, int64_
 using DistillForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 DistillForward allocate_distill_forward(int64_t rows, const at::TensorOptions& acc_options);
 
-// Raises for the first row with a bad target or a counted student row that is all -inf (-1: none).
-void raise_distill_row_errors(const at::Tensor& target, int64_t vocab, int64_t ignore_index, int64_t bad_target_row,
-                              int64_t empty_row);
+// Raises for the first row with a bad target or a counted student row that is all -inf, from the
+// errors an op's kernels found (one device-to-host read); `row_numbers` as for prob_loss.
+void raise_distill_row_errors(const RowErrors& errors, const at::Tensor& target, int64_t vocab, int64_t ignore_index,
+                              const at::Tensor& row_numbers = {});
 
 struct DistillKernels {
-  DistillForward (*forward)(const DistillInputs& in);
+  // Per-row outputs; rows with an error go to `errors` (the caller raises, after its last kernel).
+  DistillForward (*forward)(const DistillInputs& in, RowErrors& errors);
   at::Tensor (*backward)(const DistillInputs& in, const DistillSaved& saved);
   // A vocabulary shard's part of each row's divergence sums, [N, 2] (D, Σ q a), with log p and
   // log q normalised by the whole vocabulary's log-sum-exps row_lse [N, 2] (the compared

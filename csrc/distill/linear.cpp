@@ -117,10 +117,12 @@ LinearDistillForward linear_distill_forward(
   at::Tensor grad_weight = grad_in_forward ? at::zeros({c.vocab, c.dim}, c.acc_opts) : none();
   at::Tensor grad_bias = grad_in_forward && c.student.bias ? at::zeros({c.vocab}, c.acc_opts) : none();
   std::vector<at::Tensor> parts[5];
+  RowErrors errors(c.acc_opts);  // read once, after the last block: no host synchronisation per block
   for (int64_t r0 = 0; r0 < n; r0 += row_block) {
     const int64_t nb = std::min(row_block, n - r0);
     const auto in = block_inputs(c, r0, nb);
-    const auto fwd = K.forward(in);
+    errors.row_offset = r0;
+    const auto fwd = K.forward(in, errors);
     const auto& [loss, soft, hard, stats, counted] = fwd;
     for (auto [i, t] : {std::pair<int, const at::Tensor*>{0, &loss}, {1, &soft}, {2, &hard}, {3, &stats}, {4, &counted}})
       parts[i].push_back(*t);
@@ -129,6 +131,7 @@ LinearDistillForward linear_distill_forward(
       add_block_grads(c, grad_logits, r0, grad_hidden, grad_weight, grad_bias);
     }
   }
+  raise_distill_row_errors(errors, c.y, c.vocab, c.opt.ignore_index, c.rows.numbers());
   const auto empty_like_rows = allocate_distill_forward(0, c.acc_opts);
   const at::Tensor* empties[5] = {&std::get<0>(empty_like_rows), &std::get<1>(empty_like_rows),
                                   &std::get<2>(empty_like_rows), &std::get<3>(empty_like_rows),

@@ -122,14 +122,16 @@ DistillForward allocate_distill_forward(int64_t rows, const at::TensorOptions& a
           at::empty({rows, math::kDistillRowStats}, acc_options), at::empty({rows}, acc_options.dtype(at::kBool))};
 }
 
-void raise_distill_row_errors(const at::Tensor& target, int64_t vocab, int64_t ignore_index, int64_t bad_target_row,
-                              int64_t empty_row) {
-  if (bad_target_row >= 0) {
-    const int64_t value = target[bad_target_row].item<int64_t>();
-    TORCH_CHECK_INDEX(false, "objx.distill_loss: target[", bad_target_row, "] = ", value, " is outside [0, ",
-                      vocab, ") and is not ignore_index (", ignore_index, ")");
+void raise_distill_row_errors(const RowErrors& errors, const at::Tensor& target, int64_t vocab, int64_t ignore_index,
+                              const at::Tensor& row_numbers) {
+  const auto found = errors.read();
+  const auto number = [&](int64_t r) { return row_numbers.defined() ? row_numbers[r].item<int64_t>() : r; };
+  if (found.bad_target >= 0) {
+    const int64_t value = target[found.bad_target].item<int64_t>();
+    TORCH_CHECK_INDEX(false, "objx.distill_loss: target[", number(found.bad_target), "] = ", value,
+                      " is outside [0, ", vocab, ") and is not ignore_index (", ignore_index, ")");
   }
-  TORCH_CHECK_VALUE(empty_row < 0, "objx.distill_loss: student_logits row ", empty_row,
+  TORCH_CHECK_VALUE(found.empty_row < 0, "objx.distill_loss: student_logits row ", number(found.empty_row),
                     " is -inf everywhere but counts");
 }
 
@@ -140,8 +142,12 @@ DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teac
                                const std::optional<at::Tensor>& target, std::string method, double temperature,
                                double beta, double hard_weight, double soft_weight, int64_t ignore_index) {
   NvtxRange range("objx::distill_forward");
-  return K.forward(prepare_distill_inputs(
-      student, teacher, target, {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index}));
+  const auto in = prepare_distill_inputs(student, teacher, target,
+                                         {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
+  RowErrors errors(student.options());
+  auto out = K.forward(in, errors);
+  raise_distill_row_errors(errors, in.target, student.size(1), ignore_index);
+  return out;
 }
 
 template <const DistillKernels& K>

@@ -11,6 +11,7 @@
 #include "common/acc_type.h"
 #include "common/block_reduce.cuh"
 #include "common/cuda_api.cuh"
+#include "common/vec_load.cuh"
 #include "divergence/divergence.h"
 #include "math/divergence.h"
 #include "math/online_lse.h"
@@ -27,13 +28,13 @@ constexpr int kThreads = 256;
 template <typename scalar_t, typename acc_t>
 __device__ void block_div_sums(const scalar_t* z, const scalar_t* r, const DivParams<acc_t>& prm, DivRow<acc_t>& row) {
   acc_t agg = 0, pa = 0;
-  for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
+  for_rows(z, r, prm.vocab, [&](int64_t, scalar_t zj, scalar_t rj) {
     acc_t a, b;
-    math::div_terms(prm, math::prob_pair(static_cast<acc_t>(z[j]) - row.lse_p, static_cast<acc_t>(r[j]) - row.lse_q),
+    math::div_terms(prm, math::prob_pair(static_cast<acc_t>(zj) - row.lse_p, static_cast<acc_t>(rj) - row.lse_q),
                     a, b);
     agg += a;
     pa += b;
-  }
+  });
   row.agg = block_sum(agg);
   row.pa = block_sum(pa);
 }
@@ -54,10 +55,10 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_kernel(
   const scalar_t* z = policy + i * zs;
   const scalar_t* r = ref + i * rs;
   math::LseState<acc_t> sp = math::lse_empty<acc_t>(), sq = math::lse_empty<acc_t>();
-  for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
-    math::lse_add(sp, static_cast<acc_t>(z[j]));
-    math::lse_add(sq, static_cast<acc_t>(r[j]));
-  }
+  for_rows(z, r, prm.vocab, [&](int64_t, scalar_t zj, scalar_t rj) {
+    math::lse_add(sp, static_cast<acc_t>(zj));
+    math::lse_add(sq, static_cast<acc_t>(rj));
+  });
   DivRow<acc_t> row{math::lse_finish(block_lse(sp)), math::lse_finish(block_lse(sq)), acc_t(0), acc_t(0)};
   block_div_sums(z, r, prm, row);
   if (threadIdx.x == 0) {
@@ -77,17 +78,18 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_backward_kernel(
   const int64_t i = blockIdx.x;
   scalar_t* out = grad + i * prm.vocab;
   if (mask && !mask[i]) {
-    for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) out[j] = scalar_t(0);
+    zero_row(out, prm.vocab);
     return;
   }
   const acc_t* s = stats + i * math::kDivRowStats;
   const DivRow<acc_t> row{s[0], s[1], s[2], s[3]};
   const scalar_t* z = policy + i * zs;
   const scalar_t* r = ref + i * rs;
-  for (int64_t j = threadIdx.x; j < prm.vocab; j += blockDim.x) {
-    const acc_t log_p = static_cast<acc_t>(z[j]) - row.lse_p, log_q = static_cast<acc_t>(r[j]) - row.lse_q;
-    out[j] = static_cast<scalar_t>(grad_div[i] * math::div_grad(prm, row, math::prob_pair(log_p, log_q)));
-  }
+  const acc_t g = grad_div[i];
+  map_rows(out, z, r, prm.vocab, [&](int64_t, scalar_t zj, scalar_t rj) {
+    const acc_t log_p = static_cast<acc_t>(zj) - row.lse_p, log_q = static_cast<acc_t>(rj) - row.lse_q;
+    return static_cast<scalar_t>(g * math::div_grad(prm, row, math::prob_pair(log_p, log_q)));
+  });
 }
 
 // A shard's sums: the row's log-sum-exps come from row_lse (see DivKernels::shard_sums).

@@ -6,6 +6,7 @@
 
 #include "math/hd.h"
 #include "math/online_lse.h"
+#include "math/row_error.h"
 
 namespace objx::math {
 
@@ -103,8 +104,6 @@ struct ProbRowResult {
   bool counted;
   int error;  // 0, or kBadTarget / kEmptyRow
 };
-constexpr int kBadTarget = 1;  // target outside [0, V) and not ignore_index
-constexpr int kEmptyRow = 2;   // a counted row whose logits are all -inf
 
 template <typename acc_t>
 OBJX_HD ProbRowResult<acc_t> prob_row_finish(const ProbLossParams<acc_t>& prm, int64_t t,

@@ -88,8 +88,7 @@ void reduce_row(const scalar_t* row, int64_t cols, int64_t gold, const ProbLossP
 
 // Writes each row's result and raises for the first bad row, after all rows are done.
 template <typename acc_t, typename RowFn>
-void finish_rows(int64_t rows, int64_t grain, const at::Tensor& target, const ProbLossParams<acc_t>& prm,
-                 ProbLossForward& out, RowFn&& row_result) {
+void finish_rows(int64_t rows, int64_t grain, ProbLossForward& out, RowErrors& errors, RowFn&& row_result) {
   auto& [loss, lse, logp, counted] = out;
   acc_t* loss_p = loss.mutable_data_ptr<acc_t>();
   acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
@@ -109,18 +108,17 @@ void finish_rows(int64_t rows, int64_t grain, const at::Tensor& target, const Pr
       }
     }
   });
-  const int64_t bad = first_error[math::kBadTarget].load(), empty = first_error[math::kEmptyRow].load();
-  raise_prob_loss_row_errors(target, prm.vocab, prm.ignore_index, bad < rows ? bad : -1,
-                             empty < rows ? empty : -1);
+  for (int kind : {math::kBadTarget, math::kEmptyRow})
+    if (first_error[kind].load() < rows) errors.note(kind, first_error[kind].load());
 }
 
 template <typename scalar_t, typename acc_t>
 void forward_impl(const at::Tensor& logits, const at::Tensor& target, const ProbLossParams<acc_t>& prm,
-                  ProbLossForward& out) {
+                  ProbLossForward& out, RowErrors& errors) {
   const int64_t vocab = logits.size(1), stride = logits.stride(0);
   const scalar_t* z = logits.const_data_ptr<scalar_t>();
   const int64_t* y = target.const_data_ptr<int64_t>();
-  finish_rows(logits.size(0), row_grain(vocab, kTaskLogits), target, prm, out, [&](int64_t r) {
+  finish_rows<acc_t>(logits.size(0), row_grain(vocab, kTaskLogits), out, errors, [&](int64_t r) {
     RowState<acc_t> s{math::lse_empty<acc_t>(), acc_t(0), 0.0};
     reduce_row(z + r * stride, vocab, math::gold_column(y[r], prm.ignore_index, 0, vocab), prm, s);
     return math::prob_row_finish(prm, y[r], s.others, s.z_gold, static_cast<acc_t>(s.sum_z));
@@ -204,12 +202,13 @@ void backward_impl(const scalar_t* z, int64_t rows, int64_t cols, int64_t stride
   });
 }
 
-ProbLossForward forward(const ProbLossInputs& in) {
+ProbLossForward forward(const ProbLossInputs& in, RowErrors& errors) {
   auto out = allocate_prob_loss_forward(in.logits.size(0), in.logits.options().dtype(acc_dtype(in.logits.scalar_type())));
   if (in.logits.size(0) == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.logits.scalar_type(), "objx_prob_loss_forward", [&] {
     using acc_t = acc_type<scalar_t>;
-    forward_impl<scalar_t, acc_t>(in.logits, in.target, make_prob_loss_params<acc_t>(in.opt, in.logits.size(1)), out);
+    forward_impl<scalar_t, acc_t>(in.logits, in.target, make_prob_loss_params<acc_t>(in.opt, in.logits.size(1)), out,
+                                   errors);
   });
   return out;
 }
@@ -257,8 +256,8 @@ void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_o
   });
 }
 
-ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target,
-                                 const ProbLossOptions& opt, int64_t vocab) {
+ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target, const ProbLossOptions& opt,
+                            int64_t vocab, RowErrors& errors) {
   ProbLossForward out = allocate_prob_loss_forward(target.size(0), state.max.options());
   AT_DISPATCH_FLOATING_TYPES(state.max.scalar_type(), "objx_prob_tile_finish", [&] {
     using acc_t = scalar_t;
@@ -268,7 +267,7 @@ ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target
     const acc_t* zg = state.z_gold.const_data_ptr<acc_t>();
     const acc_t* sz = state.sum_z.const_data_ptr<acc_t>();
     const int64_t* y = target.const_data_ptr<int64_t>();
-    finish_rows(target.size(0), 4096, target, prm, out, [&](int64_t r) {
+    finish_rows<acc_t>(target.size(0), 4096, out, errors, [&](int64_t r) {
       return math::prob_row_finish(prm, y[r], LseState<acc_t>{mx[r], sm[r]}, zg[r], sz[r]);
     });
   });

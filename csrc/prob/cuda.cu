@@ -12,6 +12,7 @@
 #include "common/acc_type.h"
 #include "common/block_reduce.cuh"
 #include "common/cuda_api.cuh"
+#include "common/vec_load.cuh"
 #include "math/online_lse.h"
 #include "math/prob_objective.h"
 #include "prob/prob.h"
@@ -23,17 +24,6 @@ using math::LseState;
 using math::ProbLossParams;
 
 constexpr int kThreads = 256;
-
-template <typename scalar_t>
-struct alignas(16) Pack {
-  static constexpr int kSize = 16 / sizeof(scalar_t);
-  scalar_t v[kSize];
-};
-
-template <typename scalar_t>
-__device__ __forceinline__ bool aligned16(const scalar_t* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
 
 // Adds a group of logits to a thread's running state with one rescale for the whole group;
 // element `held_out` (the target, if in this group) joins the max and sum_z but not the exp-sum.
@@ -89,7 +79,8 @@ struct RowOutputs {
   acc_t* lse;
   acc_t* logp;
   bool* counted;
-  unsigned long long* first_error;  // [3]: first row per math error kind, rows when none
+  unsigned long long* first_error;  // RowErrors::slots(): first row per math error kind
+  int64_t row_offset;               // the op's number of this launch's row 0
 };
 
 template <typename acc_t>
@@ -99,7 +90,7 @@ __device__ __forceinline__ void write_row(const RowOutputs<acc_t>& out, int64_t 
   out.lse[r] = res.lse;
   out.logp[r] = res.logp;
   out.counted[r] = res.counted;
-  if (res.error) atomicMin(out.first_error + res.error, static_cast<unsigned long long>(r));
+  if (res.error) atomicMin(out.first_error + res.error, static_cast<unsigned long long>(out.row_offset + r));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -207,44 +198,28 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
 
 // ---- host side -------------------------------------------------------------------------------
 
-struct ErrorSlots {
-  at::Tensor slots;  // int64 [3] on the device, initialised to rows
-  template <typename acc_t>
-  RowOutputs<acc_t> outputs(ProbLossForward& out) {
-    auto& [loss, lse, logp, counted] = out;
-    return {loss.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>(), logp.mutable_data_ptr<acc_t>(),
-            counted.mutable_data_ptr<bool>(), reinterpret_cast<unsigned long long*>(slots.mutable_data_ptr<int64_t>())};
-  }
-  // One device-to-host read per call turns device-side findings into a Python error.
-  void raise(const at::Tensor& target, int64_t vocab, int64_t ignore_index) const {
-    const auto host = slots.cpu();
-    const int64_t rows = target.size(0);
-    const int64_t bad = host[math::kBadTarget].item<int64_t>(), empty = host[math::kEmptyRow].item<int64_t>();
-    raise_prob_loss_row_errors(target, vocab, ignore_index, bad < rows ? bad : -1, empty < rows ? empty : -1);
-  }
-};
-
-ErrorSlots error_slots(const at::Tensor& target) {
-  return {at::full({3}, target.size(0), target.options())};
+template <typename acc_t>
+RowOutputs<acc_t> row_outputs(ProbLossForward& out, RowErrors& errors) {
+  auto& [loss, lse, logp, counted] = out;
+  return {loss.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>(), logp.mutable_data_ptr<acc_t>(),
+          counted.mutable_data_ptr<bool>(), errors.slots(), errors.row_offset};
 }
 
-ProbLossForward forward(const ProbLossInputs& in) {
+ProbLossForward forward(const ProbLossInputs& in, RowErrors& errors) {
   const DeviceGuard guard(in.logits.device());
   const at::Tensor& logits = in.logits;
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   auto out = allocate_prob_loss_forward(rows, logits.options().dtype(acc_dtype(logits.scalar_type())));
   if (rows == 0) return out;
   check_grid_rows("objx.prob_loss", rows);
-  auto errors = error_slots(in.target);
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_forward", [&] {
     using acc_t = acc_type<scalar_t>;
     OBJX_LAUNCH(rows, kThreads, 0, stream, prob_loss_forward_kernel<scalar_t, acc_t>)(
         logits.const_data_ptr<scalar_t>(), logits.stride(0), in.target.const_data_ptr<int64_t>(),
-        make_prob_loss_params<acc_t>(in.opt, vocab), errors.outputs<acc_t>(out));
+        make_prob_loss_params<acc_t>(in.opt, vocab), row_outputs<acc_t>(out, errors));
     OBJX_LAUNCH_CHECK();
   });
-  errors.raise(in.target, vocab, in.opt.ignore_index);
   return out;
 }
 
@@ -294,13 +269,12 @@ void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_o
   });
 }
 
-ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target,
-                                 const ProbLossOptions& opt, int64_t vocab) {
+ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target, const ProbLossOptions& opt,
+                            int64_t vocab, RowErrors& errors) {
   const int64_t rows = target.size(0);
   auto out = allocate_prob_loss_forward(rows, state.max.options());
   if (rows == 0) return out;
   const DeviceGuard guard(target.device());
-  auto errors = error_slots(target);
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(state.max.scalar_type(), "objx_prob_tile_finish", [&] {
     using acc_t = scalar_t;
@@ -309,10 +283,9 @@ ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target
         rows, target.const_data_ptr<int64_t>(), state.max.const_data_ptr<acc_t>(),
         state.sum.const_data_ptr<acc_t>(), state.z_gold.const_data_ptr<acc_t>(),
         state.sum_z.const_data_ptr<acc_t>(), make_prob_loss_params<acc_t>(opt, vocab),
-        errors.outputs<acc_t>(out));
+        row_outputs<acc_t>(out, errors));
     OBJX_LAUNCH_CHECK();
   });
-  errors.raise(target, vocab, opt.ignore_index);
   return out;
 }
 

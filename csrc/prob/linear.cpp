@@ -110,7 +110,10 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
       const int64_t vc = std::min(tile_cols, vocab - v0);
       K.tile_reduce(gemm.logits(h, v0, vc), y, v0, opt, state);
     }
-    const auto [loss, lse, logp, counted] = scatter_forward(K.tile_finish(state, y, opt, vocab), rows, total);
+    RowErrors errors(acc_opts);
+    const auto fwd = K.tile_finish(state, y, opt, vocab, errors);
+    raise_prob_loss_row_errors(errors, y, vocab, opt.ignore_index, rows.numbers());
+    const auto [loss, lse, logp, counted] = scatter_forward(fwd, rows, total);
     return {loss, lse, logp, counted, none(), none(), none()};
   }
 
@@ -122,13 +125,15 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
   auto grad_weight = at::zeros({vocab, dim}, acc_opts);
   auto grad_bias = has_bias ? at::zeros({vocab}, acc_opts) : none();
   std::vector<at::Tensor> losses, lses, logps, counteds;
+  RowErrors errors(acc_opts);  // read once, after the last block: no host synchronisation per block
   for (int64_t r0 = 0; r0 < n; r0 += block) {
     const int64_t nb = std::min(block, n - r0);
     const auto hb = h.narrow(0, r0, nb), yb = y.narrow(0, r0, nb);
     auto tile = gemm.logits(hb, 0, vocab);
     auto state = prob_tile_state(nb, acc_opts);
     K.tile_reduce(tile, yb, 0, opt, state);
-    auto fwd = K.tile_finish(state, yb, opt, vocab);
+    errors.row_offset = r0;
+    auto fwd = K.tile_finish(state, yb, opt, vocab, errors);
     const auto& [loss, lse, logp, counted] = fwd;
     K.tile_grad(tile, yb, 0, ProbLossSaved{at::ones({nb}, acc_opts), lse, logp, counted}, opt, vocab);
     if (has_bias) grad_bias.add_(tile.sum(0));
@@ -140,6 +145,7 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
     logps.push_back(logp);
     counteds.push_back(counted);
   }
+  raise_prob_loss_row_errors(errors, y, vocab, opt.ignore_index, rows.numbers());
   const auto cat = [&](const std::vector<at::Tensor>& parts, const at::TensorOptions& o) {
     return parts.empty() ? at::empty({0}, o) : at::cat(parts);
   };

@@ -128,15 +128,16 @@ ProbLossForward allocate_prob_loss_forward(int64_t rows, const at::TensorOptions
           at::empty({rows}, acc_options.dtype(at::kBool))};
 }
 
-void raise_prob_loss_row_errors(const at::Tensor& target, int64_t vocab, int64_t ignore_index,
-                                int64_t bad_target_row, int64_t empty_row) {
-  if (bad_target_row >= 0) {
-    const int64_t value = target[bad_target_row].item<int64_t>();
-    TORCH_CHECK_INDEX(false, "objx.prob_loss: target[", bad_target_row, "] = ", value,
-                      " is outside [0, ", vocab, ") and is not ignore_index (",
-                      ignore_index, ")");
+void raise_prob_loss_row_errors(const RowErrors& errors, const at::Tensor& target, int64_t vocab,
+                                int64_t ignore_index, const at::Tensor& row_numbers) {
+  const auto found = errors.read();
+  const auto number = [&](int64_t r) { return row_numbers.defined() ? row_numbers[r].item<int64_t>() : r; };
+  if (found.bad_target >= 0) {
+    const int64_t value = target[found.bad_target].item<int64_t>();
+    TORCH_CHECK_INDEX(false, "objx.prob_loss: target[", number(found.bad_target), "] = ", value,
+                      " is outside [0, ", vocab, ") and is not ignore_index (", ignore_index, ")");
   }
-  TORCH_CHECK_VALUE(empty_row < 0, "objx.prob_loss: logits row ", empty_row,
+  TORCH_CHECK_VALUE(found.empty_row < 0, "objx.prob_loss: logits row ", number(found.empty_row),
                     " is -inf everywhere but its target counts (every token has probability 0)");
 }
 
@@ -148,9 +149,12 @@ ProbLossForward prob_loss_forward(const at::Tensor& logits, const at::Tensor& ta
                                   int64_t ignore_index, double label_smoothing, double z_loss,
                                   std::optional<double> softcap) {
   NvtxRange range("objx::prob_loss_forward");
-  return K.forward(prepare_prob_loss_inputs(
-      logits, target,
-      {std::move(objective), param, min_prob, max_prob, ignore_index, label_smoothing, z_loss, softcap}));
+  const auto in = prepare_prob_loss_inputs(
+      logits, target, {std::move(objective), param, min_prob, max_prob, ignore_index, label_smoothing, z_loss, softcap});
+  RowErrors errors(logits.options());
+  auto out = K.forward(in, errors);
+  raise_prob_loss_row_errors(errors, in.target, logits.size(1), ignore_index);
+  return out;
 }
 
 template <const ProbKernels& K>

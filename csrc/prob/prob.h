@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "common/row_errors.h"
 #include "math/prob_objective.h"
 
 namespace objx {
@@ -53,9 +54,10 @@ ProbLossSaved prepare_prob_loss_saved(const at::Tensor& rows_like, const at::Ten
 using ProbLossForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 ProbLossForward allocate_prob_loss_forward(int64_t rows, const at::TensorOptions& acc_options);
 
-// Turns the error rows a kernel found into the user-facing message (-1: none).
-void raise_prob_loss_row_errors(const at::Tensor& target, int64_t vocab, int64_t ignore_index, int64_t bad_target_row,
-                                int64_t empty_row);
+// Turns the error rows an op's kernels found into the user-facing message (one device-to-host read);
+// `target` holds the op's rows, `row_numbers` (if defined) the caller's number of each.
+void raise_prob_loss_row_errors(const RowErrors& errors, const at::Tensor& target, int64_t vocab,
+                                int64_t ignore_index, const at::Tensor& row_numbers = {});
 
 // Per-row running reduction of the fused head across vocabulary tiles (accumulation dtype): online
 // LSE of every logit except the target's, the target's logit once seen, and the sum of the logits
@@ -67,15 +69,16 @@ ProbTileState prob_tile_state(int64_t rows, const at::TensorOptions& acc_options
 
 // What each device provides.
 struct ProbKernels {
-  ProbLossForward (*forward)(const ProbLossInputs& in);
+  // Per-row outputs; rows with an error go to `errors` (the caller raises, after its last kernel).
+  ProbLossForward (*forward)(const ProbLossInputs& in, RowErrors& errors);
   // d(sum_r grad_loss[r] loss[r]) / d logits, a new contiguous tensor.
   at::Tensor (*backward)(const ProbLossInputs& in, const ProbLossSaved& saved);
   // Folds a tile holding columns [col_offset, col_offset + tile.size(1)) into the state.
   void (*tile_reduce)(const at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
                       const ProbLossOptions& opt, ProbTileState& state);
-  // Per-row loss, lse, log p_y and counted mask from the finished state (raises on bad targets).
+  // Per-row loss, lse, log p_y and counted mask from the finished state; errors as forward's.
   ProbLossForward (*tile_finish)(const ProbTileState& state, const at::Tensor& target, const ProbLossOptions& opt,
-                                 int64_t vocab);
+                                 int64_t vocab, RowErrors& errors);
   // Overwrites a logits tile with the gradient of its columns.
   void (*tile_grad)(at::Tensor& tile, const at::Tensor& target, int64_t col_offset, const ProbLossSaved& saved,
                     const ProbLossOptions& opt, int64_t vocab);

@@ -11,6 +11,7 @@
 #include "common/acc_type.h"
 #include "common/block_reduce.cuh"
 #include "common/cuda_api.cuh"
+#include "common/vec_load.cuh"
 #include "math/online_lse.h"
 #include "row_lse/row_lse.h"
 
@@ -24,8 +25,8 @@ __global__ void __launch_bounds__(kThreads) row_logsumexp_kernel(
     const scalar_t* __restrict__ x, int64_t stride, int64_t vocab, acc_t temperature, acc_t* __restrict__ out) {
   const scalar_t* row = x + blockIdx.x * stride;
   math::LseState<acc_t> st = math::lse_empty<acc_t>();
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
-    math::lse_add(st, static_cast<acc_t>(row[j]) / temperature);  // divided as the distill kernels divide
+  // divided as the distill kernels divide
+  for_row(row, vocab, [&](int64_t, scalar_t x) { math::lse_add(st, static_cast<acc_t>(x) / temperature); });
   st = block_lse(st);
   if (threadIdx.x == 0) out[blockIdx.x] = math::lse_finish(st);
 }
