@@ -13,6 +13,8 @@ struct Rows {
   at::Tensor index;  // positions in [0, N) of the kept rows
   bool all;
   at::Tensor take(const at::Tensor& t) const { return all ? t : t.index_select(0, index); }
+  // The caller's row number of each kept row (undefined when all rows are kept: the same numbers).
+  at::Tensor numbers() const { return all ? at::Tensor() : index; }
   // [n, ...] rows back into [N, ...], `fill` elsewhere.
   at::Tensor put(const at::Tensor& rows, int64_t total, const at::Scalar& fill) const {
     if (all) return rows;
@@ -49,13 +51,17 @@ struct HeadGemms {
   at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b) const {
     return a.scalar_type() == acc ? at::mm(a, b) : at::mm(a, b, acc);
   }
-  // out (+)= a @ b without a temporary when out's dtype is the GEMM's; out is a contiguous block.
+  // out (+)= a @ b, out a contiguous block. In the GEMM's dtype, or float32 for a bf16/fp16 GEMM (CUDA
+  // only), in place: cuBLAS accumulates into out with beta = 1, so no [rows, cols] float32 product is
+  // allocated and added per row block or tile. A lower-precision out (the CPU's upcast GEMMs writing
+  // bf16 gradients) takes the product rounded.
   void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
-    if (out.scalar_type() == a.scalar_type()) {
+    const bool same = out.scalar_type() == a.scalar_type();
+    if (same || (out.scalar_type() == acc && a.is_cuda())) {
       if (accumulate) {
-        out.addmm_(a, b);
+        same ? out.addmm_(a, b) : at::addmm_out(out, out, a, b, acc, /*beta=*/1, /*alpha=*/1);
       } else {
-        at::mm_out(out, a, b);
+        same ? at::mm_out(out, a, b) : at::mm_out(out, a, b, acc);
       }
     } else if (accumulate) {
       out.add_(mm_acc(a, b));
