@@ -39,9 +39,13 @@ def check_devices(fn: str, anchor_name: str, anchor: torch.Tensor, **others: Opt
 def check_ignore_index(fn: str, ignore_index) -> int:
     """ignore_index as an int64: a float (-99.5) would be truncated by int() and 2**70 refused by
     the op's schema with a message that does not name it."""
-    if isinstance(ignore_index, bool) or not hasattr(ignore_index, "__index__"):
+    index = None if isinstance(ignore_index, bool) else getattr(ignore_index, "__index__", None)
+    try:
+        value = None if index is None else int(index())  # int, numpy and 0-d integer tensors; no float
+    except (TypeError, RuntimeError):  # a tensor that is not one integer
+        value = None
+    if value is None:
         raise TypeError(f"{fn}: ignore_index must be an integer, got {ignore_index!r}")
-    value = int(ignore_index.__index__())
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"{fn}: ignore_index must fit in int64, got {value}")
     return value

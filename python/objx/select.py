@@ -7,6 +7,7 @@
 The cut-offs are heuristics taken from the papers' reported ranges, configurable.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -29,7 +30,7 @@ def _check_tensor(fn: str, x, name: str) -> torch.Tensor:
 
 def _check_finite(fn: str, metrics: dict, inputs: str) -> None:
     """A selection made from NaN metrics would look confident and mean nothing: refuse it."""
-    bad = [name for name, v in metrics.items() if not torch.isfinite(torch.tensor(v))]
+    bad = [name for name, v in metrics.items() if not math.isfinite(v)]
     if bad:
         raise ValueError(f"{fn}: {', '.join(bad)} came out non-finite; check {inputs} for NaN or inf")
 
