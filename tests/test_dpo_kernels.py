@@ -140,7 +140,7 @@ def test_dpo_kernel_loss_variants():
 def test_dpo_kernel_loss_errors():
     pw, pl, rw, rl = _logps()
     with pytest.raises(ValueError, match="loss_type must be one of"):
-        objx.dpo_kernel_loss(pw, pl, rw, rl, loss_type="robust")
+        objx.dpo_kernel_loss(pw, pl, rw, rl, loss_type="focal")  # "robust" is a TRL type now
     with pytest.raises(ValueError, match="must share one shape"):
         objx.dpo_kernel_loss(pw, pl[:3], rw, rl)
     with pytest.raises(ValueError, match="kernel_weight != 0 needs"):
