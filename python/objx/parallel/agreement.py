@@ -58,6 +58,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 def fingerprint(t: torch.Tensor) -> torch.Tensor:
     """[2] int64: Σ of t's values (bit patterns) and Σ over rows of (2 r + 1) · row sum, wrapping."""
+    if t.numel() == 0:  # an empty batch
+        return torch.zeros(2, dtype=torch.int64, device=t.device)
     row_sums = _bits(t).sum(1, dtype=torch.int64)
     weights = torch.arange(1, 2 * row_sums.shape[0] + 1, 2, dtype=torch.int64, device=row_sums.device)
     return torch.stack([row_sums.sum(), (row_sums * weights).sum()])
@@ -127,8 +129,18 @@ class Agreement:
     def _vector(self, local_size: int, error: bool) -> torch.Tensor:
         head = torch.tensor([_fnv(self.fn + "|" + ",".join(self.names)), int(error), int(local_size)],
                             dtype=torch.int64, device=self.device)
-        parts = [head] + [v.to(self.device) if isinstance(v, torch.Tensor) else
-                          torch.tensor(v, dtype=torch.int64, device=self.device) for v in self.values]
+        # Runs of python-int fields become one tensor each: a call has about fifteen of them.
+        parts, ints = [head], []
+        for value in self.values:
+            if isinstance(value, torch.Tensor):
+                if ints:
+                    parts.append(torch.tensor(ints, dtype=torch.int64, device=self.device))
+                    ints = []
+                parts.append(value.to(self.device))
+            else:
+                ints += value
+        if ints:
+            parts.append(torch.tensor(ints, dtype=torch.int64, device=self.device))
         vector = torch.cat(parts)
         if vector.numel() > LENGTH:
             raise AssertionError(f"{self.fn}: {vector.numel()} agreement entries, more than {LENGTH}")
