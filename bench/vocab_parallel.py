@@ -6,7 +6,9 @@ For each loss, forward + backward, median of --repeats:
               and collectives on a world of one: the cost of the path itself);
   sharded/P   P ranks, V/P columns each (communication included), time of the slowest rank.
 Every run uses one thread per process, so P ranks use P cores. Also prints the bytes all-reduced
-per token (counted from the collectives the path issues) and an estimate for 8 ranks.
+per token (counted from the collectives the path issues), an estimate for 8 ranks, and what the
+ranks' agreement check costs each call (objx.parallel.agreement: its all-gather's calls and
+bytes, and the time from its first field to the end of its exchange, fingerprints included).
 
     python bench/vocab_parallel.py --rows 2048 --vocab 32000 --world 2 --out bench/results/...json
 """
@@ -74,24 +76,50 @@ def _time(fn, arg, pg, repeats):
 
 
 class _CountBytes:
-    """Counts the bytes of every all-reduce objx issues (functional collectives) while active."""
+    """Counts the bytes of every all-reduce objx issues (functional collectives) and of the
+    agreement's all-gathers (sent per rank), and times each agreement, while active."""
 
     def __init__(self):
         import torch.distributed._functional_collectives as funcol
 
-        self.funcol, self.original, self.bytes, self.calls = funcol, funcol.all_reduce, 0, 0
+        from objx.parallel import agreement
+
+        self.funcol, self.agreement = funcol, agreement.Agreement
+        self.original = (funcol.all_reduce, funcol.all_gather_single, self.agreement.__init__,
+                         self.agreement.exchange)
+        self.bytes, self.calls = 0, 0
+        self.gather_bytes, self.gather_calls, self.agreement_seconds = 0, 0, 0.0
 
     def __enter__(self):
+        all_reduce, all_gather, init, exchange = self.original
+
         def counting(t, op, group, tag=""):
             self.bytes += t.numel() * t.element_size()
             self.calls += 1
-            return self.original(t, op, group, tag)
+            return all_reduce(t, op, group, tag)
 
-        self.funcol.all_reduce = counting
+        def gathering(t, gather_dim, group, tag=""):
+            self.gather_bytes += t.numel() * t.element_size()
+            self.gather_calls += 1
+            return all_gather(t, gather_dim, group, tag)
+
+        def timed_init(agreement, *args, **kwargs):
+            agreement._bench_start = time.perf_counter()
+            init(agreement, *args, **kwargs)
+
+        def timed_exchange(agreement, *args, **kwargs):
+            try:
+                return exchange(agreement, *args, **kwargs)
+            finally:
+                self.agreement_seconds += time.perf_counter() - agreement._bench_start
+
+        self.funcol.all_reduce, self.funcol.all_gather_single = counting, gathering
+        self.agreement.__init__, self.agreement.exchange = timed_init, timed_exchange
         return self
 
     def __exit__(self, *exc):
-        self.funcol.all_reduce = self.original
+        (self.funcol.all_reduce, self.funcol.all_gather_single, self.agreement.__init__,
+         self.agreement.exchange) = self.original
 
 
 def _rank(rank, world, port, args, out):
@@ -107,10 +135,15 @@ def _rank(rank, world, port, args, out):
         with _CountBytes() as count:
             leaf = shard.detach().clone().requires_grad_(True)
             fn(leaf, dist.group.WORLD).backward()
-        result[name] = {"seconds": seconds, "allreduce_calls": count.calls, "allreduce_bytes": count.bytes}
+        slowest = torch.tensor([count.agreement_seconds], dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        result[name] = {"seconds": seconds, "allreduce_calls": count.calls, "allreduce_bytes": count.bytes,
+                        "agreement_calls": count.gather_calls, "agreement_bytes_sent": count.gather_bytes,
+                        "agreement_seconds": slowest.item()}
     if rank == 0:
         with open(out, "w") as f:
             json.dump(result, f)
+    dist.barrier()  # no rank tears the group down while another still has a collective in flight
     dist.destroy_process_group()
 
 
@@ -133,7 +166,7 @@ def main():
     torch.set_num_threads(1)
     cases = _cases(args.rows, args.vocab, args.hidden, torch.Generator().manual_seed(0))
     results = {name: {"kernel": _time(fn, full, None, args.repeats)} for name, (fn, full) in cases.items()}
-    comm = {}
+    comm, agreement = {}, {}
     for world in worlds:
         path = f"/tmp/objx-vp-{os.getpid()}-{world}.json"
         mp.spawn(_rank, args=(world, _free_port(), args, path), nprocs=world, join=True)
@@ -141,6 +174,8 @@ def main():
             for name, r in json.load(f).items():
                 results[name][f"sharded/{world}"] = r["seconds"]
                 comm.setdefault(name, {})[world] = (r["allreduce_calls"], r["allreduce_bytes"])
+                agreement.setdefault(name, {})[world] = (r["agreement_calls"], r["agreement_bytes_sent"],
+                                                         r["agreement_seconds"])
     print(f"CPU, one thread per rank, N={args.rows} V={args.vocab} (D={args.hidden} for linear), float32, "
           f"forward+backward, median of {args.repeats}")
     columns = ["kernel"] + [f"sharded/{w}" for w in worlds]
@@ -162,10 +197,21 @@ def main():
         else:
             note = f"vs {gather / 1024:.0f} KiB to all-gather the logits instead ({gather / (2 * 7 / 8 * per_token):.0f}x)"
         print(f"  {name:<22} {2 * 7 / 8 * per_token:>8.0f} B sent per rank {note}")
+    print("\nThe ranks' agreement check per call (one all-gather; it also carries the shard sizes, which were an "
+          "all-reduce of their own before), slowest rank:")
+    for name in results:
+        parts = []
+        for world in worlds:
+            calls, sent, seconds = agreement[name][world]
+            share = seconds / results[name][f"sharded/{world}"]
+            parts.append(f"/{world}: {calls} all-gather, {sent} B sent, {seconds * 1e3:.2f} ms "
+                         f"({share:.1%} of the call)")
+        print(f"  {name:<22} " + "; ".join(parts))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"rows": args.rows, "vocab": args.vocab, "hidden": args.hidden, "worlds": worlds,
-                       "seconds": results, "allreduce": {n: {str(w): c for w, c in v.items()} for n, v in comm.items()}},
+                       "seconds": results, "allreduce": {n: {str(w): c for w, c in v.items()} for n, v in comm.items()},
+                       "agreement": {n: {str(w): c for w, c in v.items()} for n, v in agreement.items()}},
                       f, indent=1)
 
 
