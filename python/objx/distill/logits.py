@@ -8,6 +8,7 @@ import torch
 from .. import _autograd as ag
 from .._rows import check_devices, check_ignore_index, check_reduction, reduce_rows, rows, rows_target
 from ..parallel import losses as sharded
+from ..parallel.agreement import checked_on_every_rank
 
 METHODS = ("ttm", "wttm", "kd", "forward_kl", "reverse_kl", "jsd", "tvd")
 
@@ -24,22 +25,29 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     return_terms=True also returns a dict of per-row "soft", "hard" and "U" (WTTM's weight).
     process_group: both logits are this rank's vocabulary shard (SPEC §4; objx.parallel.losses).
     """
-    check_reduction(reduction)
-    if method not in METHODS:
-        raise ValueError(f"objx.distill_loss: method must be one of {METHODS}, got {method!r}")
     fn = "objx.distill_loss"
-    ignore_index = check_ignore_index(fn, ignore_index)
-    s = rows(fn, student_logits, "student_logits")
-    t = rows(fn, teacher_logits, "teacher_logits")
-    if t.shape[-1] != s.shape[-1]:
-        raise ValueError(f"{fn}: vocabulary mismatch: student_logits has V = {s.shape[-1]}, "
-                         f"teacher_logits has V = {t.shape[-1]}")
+
+    def check():
+        check_reduction(reduction)
+        if method not in METHODS:
+            raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
+        index = check_ignore_index(fn, ignore_index)
+        s = rows(fn, student_logits, "student_logits")
+        t = rows(fn, teacher_logits, "teacher_logits")
+        if t.shape[-1] != s.shape[-1]:
+            raise ValueError(f"{fn}: vocabulary mismatch: student_logits has V = {s.shape[-1]}, "
+                             f"teacher_logits has V = {t.shape[-1]}")
+        if teacher_logits.shape[:-1] != student_logits.shape[:-1]:
+            raise ValueError(f"{fn}: teacher_logits must have student_logits' leading dims "
+                             f"{tuple(student_logits.shape[:-1])}, got {tuple(teacher_logits.shape)}")
+        check_devices(fn, "student_logits", student_logits, teacher_logits=teacher_logits)
+        target_rows = rows_target(fn, target, student_logits.shape[:-1], "student_logits", student_logits.device)
+        return index, s, t, target_rows
+
+    # With a process_group an argument error is raised on every rank, none left waiting for it.
+    ignore_index, s, t, target_rows = checked_on_every_rank(
+        fn, process_group, getattr(student_logits, "device", None), check)
     shape = student_logits.shape[:-1]
-    if teacher_logits.shape[:-1] != shape:
-        raise ValueError(f"{fn}: teacher_logits must have student_logits' leading dims {tuple(shape)}, got "
-                         f"{tuple(teacher_logits.shape)}")
-    check_devices(fn, "student_logits", student_logits, teacher_logits=teacher_logits)
-    target_rows = rows_target(fn, target, shape, "student_logits", student_logits.device)
     if process_group is not None:
         return sharded.distill_loss(
             fn, s, t, target_rows, shape, ignore_index=ignore_index, reduction=reduction, return_terms=return_terms,

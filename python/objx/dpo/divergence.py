@@ -9,6 +9,7 @@ import torch
 from .. import _autograd as ag
 from .._rows import check_devices, check_tensor, rows
 from ..parallel import losses as sharded
+from ..parallel.agreement import checked_on_every_rank
 from .wasserstein import wasserstein_divergence
 
 KINDS = ("kl", "reverse_kl", "js", "hellinger", "bhattacharyya", "renyi", "alpha", "tv")
@@ -28,29 +29,36 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
     objx.parallel.losses).
     """
     fn = "objx.vocab_divergence"
-    z = rows(fn, policy_logits, "policy_logits")
-    shape = policy_logits.shape[:-1]
-    check_tensor(fn, ref_logits, "ref_logits")
-    if ref_logits.shape != policy_logits.shape:
-        raise ValueError(f"{fn}: ref_logits must be a tensor of policy_logits' shape "
-                         f"{tuple(policy_logits.shape)}, got {tuple(ref_logits.shape)}")
-    r = rows(fn, ref_logits, "ref_logits", leading=shape)
-    if mask is not None:
-        check_tensor(fn, mask, "mask")
-        if mask.shape != shape:
-            raise ValueError(f"{fn}: mask must have shape {tuple(shape)} (policy_logits' leading dims), got "
-                             f"{tuple(mask.shape)}")
-        mask = mask.reshape(-1).to(torch.bool)
-    check_devices(fn, "policy_logits", policy_logits, ref_logits=ref_logits, mask=mask)
-    if kind == "wasserstein":
-        if process_group is not None:
+
+    def check():
+        if kind not in KINDS + ("wasserstein",):
+            raise ValueError(f"{fn}: kind must be one of {KINDS + ('wasserstein',)}, got {kind!r}")
+        z = rows(fn, policy_logits, "policy_logits")
+        check_tensor(fn, ref_logits, "ref_logits")
+        if ref_logits.shape != policy_logits.shape:
+            raise ValueError(f"{fn}: ref_logits must be a tensor of policy_logits' shape "
+                             f"{tuple(policy_logits.shape)}, got {tuple(ref_logits.shape)}")
+        r = rows(fn, ref_logits, "ref_logits", leading=policy_logits.shape[:-1])
+        flat_mask = None
+        if mask is not None:
+            check_tensor(fn, mask, "mask")
+            if mask.shape != policy_logits.shape[:-1]:
+                raise ValueError(f"{fn}: mask must have shape {tuple(policy_logits.shape[:-1])} (policy_logits' "
+                                 f"leading dims), got {tuple(mask.shape)}")
+            flat_mask = mask.reshape(-1).to(torch.bool)
+        check_devices(fn, "policy_logits", policy_logits, ref_logits=ref_logits, mask=mask)
+        if kind == "wasserstein" and process_group is not None:
             raise ValueError(f"{fn}: kind 'wasserstein' does not take a process_group (its top-k "
                              "support needs whole rows); gather the logits first")
-        if token_embeddings is None:
+        if kind == "wasserstein" and token_embeddings is None:
             raise ValueError(f"{fn}: kind 'wasserstein' needs token_embeddings [V, E]")
+        return z, r, flat_mask
+
+    # With a process_group an argument error is raised on every rank, none left waiting for it.
+    z, r, mask = checked_on_every_rank(fn, process_group, getattr(policy_logits, "device", None), check)
+    shape = policy_logits.shape[:-1]
+    if kind == "wasserstein":
         return wasserstein_divergence(z, r, token_embeddings, mask=mask).reshape(shape)
-    if kind not in KINDS:
-        raise ValueError(f"{fn}: kind must be one of {KINDS + ('wasserstein',)}, got {kind!r}")
     if process_group is not None:
         return sharded.vocab_divergence(fn, z, r, kind, float(div_alpha), mask,
                                         process_group=process_group).reshape(shape)

@@ -9,6 +9,7 @@ import torch
 from .. import _autograd as ag
 from .._rows import check_ignore_index, check_reduction, flatten_rows, reduce_rows
 from ..parallel import losses as sharded
+from ..parallel.agreement import checked_on_every_rank
 from .objective import Objective, check_extras, resolve_objective
 
 
@@ -27,13 +28,18 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     loss is the unsharded one, the gradient this shard's.
     """
     fn = "objx.prob_loss"
-    check_reduction(reduction)
-    obj = resolve_objective(objective, alpha, min_prob, max_prob, fn=fn)
-    check_extras(fn, obj, label_smoothing, z_loss, softcap)
-    ignore_index = check_ignore_index(fn, ignore_index)
-    rows_logits, rows_target = flatten_rows(fn, logits, target)
+
+    def check():
+        check_reduction(reduction)
+        obj = resolve_objective(objective, alpha, min_prob, max_prob, fn=fn)
+        check_extras(fn, obj, label_smoothing, z_loss, softcap)
+        return (obj, check_ignore_index(fn, ignore_index), *flatten_rows(fn, logits, target))
+
+    # With a process_group an argument error is raised on every rank, none left waiting for it.
+    obj, ignore_index, rows_logits, rows_target = checked_on_every_rank(
+        fn, process_group, getattr(logits, "device", None), check)
     if process_group is not None:
-        return sharded.prob_loss("objx.prob_loss", rows_logits, rows_target, obj, target.shape,
+        return sharded.prob_loss(fn, rows_logits, rows_target, obj, target.shape,
                                  ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                                  z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
                                  process_group=process_group)
