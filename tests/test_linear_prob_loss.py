@@ -283,8 +283,13 @@ def test_double_backward_is_a_clear_error(grad_in_forward, device):
 
 def test_function_transforms_are_refused_with_the_reason(device):
     hidden, weight, target, _ = make_head(5, 8, 30, device=device)
-    with pytest.raises(RuntimeError, match=r"objx\.linear_prob_loss: torch\.func transforms .*not supported"):
+    with pytest.raises(RuntimeError, match=r"objx\.linear_prob_loss: torch\.func's differentiating transforms .*not supported"):
         torch.func.grad(lambda h: objx.linear_prob_loss(h, weight, target))(hidden)
+    # torch.vmap alone does not differentiate: it still runs, one batch entry at a time.
+    batch = torch.stack([hidden, hidden.flip(0)])
+    mapped = torch.vmap(lambda h: objx.linear_prob_loss(h, weight, target))(batch)
+    looped = torch.stack([objx.reference.linear_prob_loss(h.cpu(), weight.cpu(), target.cpu()) for h in batch])
+    assert_close(mapped, looped, TOLERANCES[torch.float32][0], "vmap of linear_prob_loss")
 
 
 def test_non_floating_head_arguments_are_named(device):

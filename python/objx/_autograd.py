@@ -170,17 +170,20 @@ def first_order_only(fn: str, *grads) -> tuple:
     return tuple(None if g is None else next(wrapped) for g in grads)
 
 
-def refuse_function_transforms(fn: str, *tensors) -> None:
-    """torch.func's transforms (grad, vmap, jacrev, ...) need every autograd.Function to define
-    setup_context and vmap rules; torch.library's generated ones for objx's ops do not, and torch
-    then fails with a message about autograd.Function internals. Say what it means instead."""
+def refuse_function_transforms(fn: str) -> None:
+    """torch.func's differentiating transforms (grad, vjp, jacrev, jacfwd, hessian, jvp) need every
+    autograd.Function to define setup_context; torch.library's generated ones for objx's ops do
+    not, and torch then fails with a message about autograd.Function internals. Say what it means
+    instead. torch.vmap alone is left alone: it runs the ops one batch entry at a time."""
     if torch.compiler.is_compiling():  # dynamo does not trace these queries; torch.func's tensors never reach it
         return
-    if torch._C._are_functorch_transforms_active() or any(
-            isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
-        raise RuntimeError(f"{fn}: torch.func transforms (grad, vmap, jacrev, functional_call under grad, ...) are "
-                           "not supported: objx's ops have autograd formulas for torch.autograd only; use "
-                           "torch.autograd.grad or loss.backward()")
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    if any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters()):
+        raise RuntimeError(f"{fn}: torch.func's differentiating transforms (grad, vjp, jacrev, jacfwd, hessian, "
+                           "jvp) are not supported: objx's ops have autograd formulas for torch.autograd only; "
+                           "use torch.autograd.grad or loss.backward()")
 
 
 # Holds the autocast kernels' registrations for the life of the process.

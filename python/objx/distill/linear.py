@@ -43,7 +43,7 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     fn = "objx.linear_distill_loss"
 
     def check():
-        ag.refuse_function_transforms(fn, student_hidden, student_weight, teacher_hidden, teacher_weight)
+        ag.refuse_function_transforms(fn)
         check_reduction(reduction)
         block = slicing(fn, "row_block", row_block, chunk_size)
         if method not in METHODS:

@@ -65,7 +65,7 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     fn = "objx.linear_prob_loss"
 
     def check():
-        ag.refuse_function_transforms(fn, hidden, weight, bias)
+        ag.refuse_function_transforms(fn)
         check_reduction(reduction)
         tiles = slicing(fn, "tile_size", tile_size, chunk_size)
         obj = resolve_objective(objective, alpha, min_prob, max_prob)
