@@ -87,9 +87,9 @@ void vec_exp(const double* x, int64_t n, double* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i]);
 }
 
-OBJX_ISA_CLONES void vec_scaled_softmax(const float* x, int64_t n, float lse, float a, float c,
+OBJX_ISA_CLONES void vec_scaled_softmax(const float* x, int64_t n, float ref, float shift, float a, float c,
                                           float* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = a * exp_poly(x[i] - lse) - c;
+  for (int64_t i = 0; i < n; ++i) out[i] = a * exp_poly((x[i] - ref) + shift) - c;
 }
 
 void lse_absorb(float& max, float& sum, const float* x, int64_t n) {

@@ -123,6 +123,21 @@ OBJX_HD int64_t gold_column(int64_t t, int64_t ignore_index, int64_t offset, int
   return t != ignore_index && c >= 0 && c < cols ? c : -1;
 }
 
+// The softmax of a row's backward as p_j = exp((z_j - ref) + shift). With the whole row at hand,
+// the target's (soft-capped) logit and the forward's log p_y, which is exact to float rounding of a
+// small number (finish_with_gold's log1p): z_j - z_y is exact for nearby values, where z_j - lse
+// would carry lse's own rounding, |lse| * 2^-24 (3e-5 relative in p_j for float32 logits near
+// 1000). Otherwise (a vocabulary tile without the target, or p_y below e^-60) lse itself.
+template <typename acc_t>
+struct SoftmaxRef {
+  acc_t ref, shift;
+};
+template <typename acc_t>
+OBJX_HD SoftmaxRef<acc_t> softmax_ref(acc_t lse, acc_t logp, bool whole_row_with_target, acc_t z_target) {
+  if (whole_row_with_target && logp > acc_t(-60)) return {z_target, logp};
+  return {lse, acc_t(0)};
+}
+
 // Backward: for a counted row, d loss / d z_j = a * p_j - c off the target and `gold` at j = y,
 // with z the soft-capped logits (the caller multiplies by the soft-cap derivative).
 template <typename acc_t>

@@ -152,8 +152,8 @@ void advise_huge_pages(at::Tensor& t) {
 // Gradient of one counted row: a p_j - c, `gold` at column t, times the soft-cap derivative.
 // out may alias row (a tile overwritten with its gradient): each element is read before written.
 template <typename scalar_t>
-void grad_row(const scalar_t* row, int64_t cols, int64_t t, float lse, const math::ProbRowGrad<float>& g,
-              float cap, scalar_t* out) {
+void grad_row(const scalar_t* row, int64_t cols, int64_t t, math::SoftmaxRef<float> sm,
+              const math::ProbRowGrad<float>& g, float cap, scalar_t* out) {
   float buf[kPiece];
   float gbuf[kPiece];
   for (int64_t start = 0; start < cols; start += kPiece) {
@@ -161,7 +161,7 @@ void grad_row(const scalar_t* row, int64_t cols, int64_t t, float lse, const mat
     const float* x = load_piece(row + start, n, cap, buf);
     float* dst = gbuf;
     if constexpr (std::is_same_v<scalar_t, float>) dst = out + start;
-    vec_scaled_softmax(x, n, lse, g.a, g.c, dst);
+    vec_scaled_softmax(x, n, sm.ref, sm.shift, g.a, g.c, dst);
     if (t >= start && t < start + n) dst[t - start] = g.gold;
     if (cap != 0.0f)
       for (int64_t i = 0; i < n; ++i) dst[i] *= math::softcap_grad(x[i], cap);
@@ -170,11 +170,11 @@ void grad_row(const scalar_t* row, int64_t cols, int64_t t, float lse, const mat
   }
 }
 
-void grad_row(const double* row, int64_t cols, int64_t t, double lse, const math::ProbRowGrad<double>& g,
-              double cap, double* out) {
+void grad_row(const double* row, int64_t cols, int64_t t, math::SoftmaxRef<double> sm,
+              const math::ProbRowGrad<double>& g, double cap, double* out) {
   for (int64_t j = 0; j < cols; ++j) {
     const double zc = math::softcap_value(row[j], cap);
-    const double v = j == t ? g.gold : g.a * std::exp(zc - lse) - g.c;
+    const double v = j == t ? g.gold : g.a * std::exp((zc - sm.ref) + sm.shift) - g.c;
     out[j] = v * math::softcap_grad(zc, cap);
   }
 }
@@ -197,7 +197,11 @@ void backward_impl(const scalar_t* z, int64_t rows, int64_t cols, int64_t stride
         continue;
       }
       const auto coef = math::prob_row_grad(prm, g_p[r], lse_p[r], logp_p[r]);
-      grad_row(z + r * stride, cols, y[r] - col_offset, lse_p[r], coef, prm.softcap, dst);
+      const int64_t t = y[r] - col_offset;
+      const bool whole = col_offset == 0 && cols == prm.vocab && t >= 0 && t < cols;
+      const auto sm = math::softmax_ref(
+          lse_p[r], logp_p[r], whole, whole ? math::softcap_value(static_cast<acc_t>(z[r * stride + t]), prm.softcap) : acc_t(0));
+      grad_row(z + r * stride, cols, t, sm, coef, prm.softcap, dst);
     }
   });
 }

@@ -148,10 +148,10 @@ __global__ void prob_tile_finish_kernel(int64_t rows, const int64_t* __restrict_
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ scalar_t grad_value(acc_t z, int64_t j, int64_t t, acc_t lse,
+__device__ __forceinline__ scalar_t grad_value(acc_t z, int64_t j, int64_t t, math::SoftmaxRef<acc_t> sm,
                                                const math::ProbRowGrad<acc_t>& g, acc_t cap) {
   const acc_t zc = math::softcap_value(z, cap);
-  const acc_t v = j == t ? g.gold : g.a * exp(zc - lse) - g.c;
+  const acc_t v = j == t ? g.gold : g.a * exp((zc - sm.ref) + sm.shift) - g.c;
   return static_cast<scalar_t>(v * math::softcap_grad(zc, cap));
 }
 
@@ -172,6 +172,9 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
   const int64_t t = target[r] - col_offset;
   const acc_t row_lse = lse[r];
   const auto g = live ? math::prob_row_grad(prm, grad_loss[r], row_lse, logp[r]) : math::ProbRowGrad<acc_t>{0, 0, 0};
+  const bool whole = live && col_offset == 0 && cols == prm.vocab && t >= 0 && t < cols;
+  const auto sm = math::softmax_ref(row_lse, live ? logp[r] : acc_t(0), whole,
+                                    whole ? math::softcap_value(static_cast<acc_t>(row[t]), prm.softcap) : acc_t(0));
   int64_t done = 0;
   if (aligned16(row) && aligned16(out)) {
     const P* in_packs = reinterpret_cast<const P*>(row);
@@ -183,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
         const P pk = in_packs[i];
 #pragma unroll
         for (int k = 0; k < K; ++k)
-          res.v[k] = grad_value<scalar_t>(static_cast<acc_t>(pk.v[k]), i * K + k, t, row_lse, g, prm.softcap);
+          res.v[k] = grad_value<scalar_t>(static_cast<acc_t>(pk.v[k]), i * K + k, t, sm, g, prm.softcap);
       } else {
 #pragma unroll
         for (int k = 0; k < K; ++k) res.v[k] = scalar_t(0);
@@ -193,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
     done = n_packs * K;
   }
   for (int64_t j = done + threadIdx.x; j < cols; j += blockDim.x)
-    out[j] = live ? grad_value<scalar_t>(static_cast<acc_t>(row[j]), j, t, row_lse, g, prm.softcap) : scalar_t(0);
+    out[j] = live ? grad_value<scalar_t>(static_cast<acc_t>(row[j]), j, t, sm, g, prm.softcap) : scalar_t(0);
 }
 
 // ---- host side -------------------------------------------------------------------------------
