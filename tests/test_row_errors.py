@@ -56,3 +56,17 @@ def test_linear_prob_loss_empty_row_names_the_callers_row(device):
     target[:4] = -100
     with pytest.raises(ValueError, match=r"logits row 4 is -inf everywhere"):
         objx.linear_prob_loss(hidden, weight, target, bias, tile_size=8, grad_in_forward=False)
+
+
+@pytest.mark.parametrize("method", ["ttm", "kd", "jsd"])
+def test_distill_loss_refuses_an_empty_teacher_row(device, method):
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    student = torch.randn(9, 30, generator=g).to(device)
+    teacher = torch.randn(9, 30, generator=g)
+    teacher[6] = float("-inf")  # before: NaN loss, no error
+    with pytest.raises(ValueError, match=r"teacher_logits row 6 is -inf everywhere"):
+        objx.distill_loss(student, teacher.to(device), method=method, hard_weight=0.0)
+    target = torch.randint(0, 30, (9,), generator=g)
+    target[6] = -100  # an ignored row may be empty
+    objx.distill_loss(student, teacher.to(device), target.to(device), method=method).item()
+

@@ -17,7 +17,7 @@ RowErrors::Found RowErrors::read() const {
   const at::Tensor host = first.cpu();
   const int64_t* p = host.const_data_ptr<int64_t>();
   const auto row = [](int64_t r) { return r == kNone ? int64_t(-1) : r; };
-  return {row(p[math::kBadTarget]), row(p[math::kEmptyRow])};
+  return {row(p[math::kBadTarget]), row(p[math::kEmptyRow]), row(p[math::kEmptyOther])};
 }
 
 }  // namespace objx

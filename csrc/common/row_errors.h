@@ -24,7 +24,7 @@ struct RowErrors {
   void note(int kind, int64_t block_row);
 
   struct Found {
-    int64_t bad_target, empty_row;  // the op's row numbers, -1 where none
+    int64_t bad_target, empty_row, empty_other;  // the op's row numbers, -1 where none
   };
   // The one device-to-host read of the op.
   Found read() const;

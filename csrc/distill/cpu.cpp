@@ -84,7 +84,7 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const in
   acc_t* hard_p = hard.mutable_data_ptr<acc_t>();
   acc_t* stats_p = stats.mutable_data_ptr<acc_t>();
   bool* counted_p = counted.mutable_data_ptr<bool>();
-  std::atomic<int64_t> bad_target{rows}, empty_row{rows};
+  std::atomic<int64_t> bad_target{rows}, empty_row{rows}, empty_teacher{rows};
   auto keep_min = [](std::atomic<int64_t>& slot, int64_t v) {
     int64_t cur = slot.load();
     while (v < cur && !slot.compare_exchange_weak(cur, v)) {}
@@ -105,6 +105,7 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const in
       }
       DistillRow<acc_t> row = reduce_lse(s, t, vocab, prm.temperature);
       if (row.lse_s1 == -std::numeric_limits<acc_t>::infinity()) keep_min(empty_row, r);
+      if (row.lse_t1 == -std::numeric_limits<acc_t>::infinity()) keep_min(empty_teacher, r);
       reduce_divergence(s, t, vocab, prm, row);
       const acc_t soft_r = math::distill_soft(prm, row);
       const acc_t hard_r = prm.has_target ? row.lse_s1 - static_cast<acc_t>(s[yr]) : acc_t(0);
@@ -118,6 +119,7 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const in
   });
   if (bad_target.load() < rows) errors.note(math::kBadTarget, bad_target.load());
   if (empty_row.load() < rows) errors.note(math::kEmptyRow, empty_row.load());
+  if (empty_teacher.load() < rows) errors.note(math::kEmptyOther, empty_teacher.load());
 }
 
 template <typename scalar_t, typename acc_t>

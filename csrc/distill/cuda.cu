@@ -95,6 +95,8 @@ __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
   if (threadIdx.x == 0) {
     if (row.lse_s1 == -std::numeric_limits<acc_t>::infinity())
       atomicMin(out.first_error + math::kEmptyRow, static_cast<unsigned long long>(out.row_offset + r));
+    if (row.lse_t1 == -std::numeric_limits<acc_t>::infinity())
+      atomicMin(out.first_error + math::kEmptyOther, static_cast<unsigned long long>(out.row_offset + r));
     const acc_t soft = math::distill_soft(prm, row);
     const acc_t hard = prm.has_target ? row.lse_s1 - static_cast<acc_t>(s[y]) : acc_t(0);
     out.loss[r] = prm.hard_weight * hard + prm.soft_weight * soft;

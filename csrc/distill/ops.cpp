@@ -57,7 +57,7 @@ void check_logits(const at::Tensor& student, const at::Tensor& teacher) {
   constexpr const char* fn = "objx.distill_loss";
   TORCH_CHECK_VALUE(student.dim() == 2, fn, ": student_logits must be 2-D [N, V], got shape ", student.sizes());
   TORCH_CHECK_VALUE(teacher.dim() == 2, fn, ": teacher_logits must be 2-D [N, V], got shape ", teacher.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(student.scalar_type()), fn,
+  TORCH_CHECK_TYPE(kernel_dtype(student.scalar_type()), fn,
                    ": student_logits must be float64, float32, bfloat16 or float16, got ", student.scalar_type());
   TORCH_CHECK_TYPE(teacher.scalar_type() == student.scalar_type(), fn, ": teacher_logits is ",
                    teacher.scalar_type(), " but student_logits is ", student.scalar_type(),
@@ -133,6 +133,8 @@ void raise_distill_row_errors(const RowErrors& errors, const at::Tensor& target,
   }
   TORCH_CHECK_VALUE(found.empty_row < 0, "objx.distill_loss: student_logits row ", number(found.empty_row),
                     " is -inf everywhere but counts");
+  TORCH_CHECK_VALUE(found.empty_other < 0, "objx.distill_loss: teacher_logits row ", number(found.empty_other),
+                    " is -inf everywhere but counts (the teacher puts probability 0 on every token)");
 }
 
 namespace {
