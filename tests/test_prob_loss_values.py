@@ -12,7 +12,6 @@ OPTIONS = [
     {"z_loss": 1e-3},
     {"softcap": 15.0},
     {"min_prob": 0.05, "max_prob": 0.9},
-    {"alpha": 0.5},
 ]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
@@ -42,6 +41,15 @@ def test_matches_reference(device, objective, options, dtype):
     logits, target = make_logits(48, 3001, dtype=dtype, device=device)
     target[5] = -100
     check_against_reference(logits, target, objective, **options)
+
+
+# alpha belongs to "power" alone (any other objective given a non-default alpha raises).
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("alpha", [0.5, 3.0])
+def test_power_alpha_matches_reference(device, alpha, dtype):
+    logits, target = make_logits(48, 3001, dtype=dtype, device=device)
+    target[5] = -100
+    check_against_reference(logits, target, "power", alpha=alpha, z_loss=1e-3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

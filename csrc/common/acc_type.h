@@ -11,4 +11,9 @@ using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 
 inline at::ScalarType acc_dtype(at::ScalarType input) { return input == at::kDouble ? at::kDouble : at::kFloat; }
 
+// The dtypes the kernels are built for (float8 and other floating types are refused by name).
+inline bool kernel_dtype(at::ScalarType t) {
+  return t == at::kDouble || t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
 }  // namespace objx

@@ -33,7 +33,7 @@ void check_head(const char* who, const at::Tensor& hidden, const at::Tensor& wei
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == hidden.size(1), fn, ": ", who,
                     "_weight must be [V, D] with D = ", hidden.size(1), " (", who, "_hidden's last dim), got shape ",
                     weight.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(hidden.scalar_type()) && weight.scalar_type() == hidden.scalar_type(), fn, ": ",
+  TORCH_CHECK_TYPE(kernel_dtype(hidden.scalar_type()) && weight.scalar_type() == hidden.scalar_type(), fn, ": ",
                    who, "_hidden and ", who, "_weight must share a floating dtype, got ", hidden.scalar_type(),
                    " and ", weight.scalar_type());
   if (bias) {

@@ -36,7 +36,7 @@ DivInputs prepare(const at::Tensor& policy, const at::Tensor& ref, std::string k
   TORCH_CHECK_VALUE(policy.dim() == 2, kFn, ": policy_logits must be 2-D [N, V], got shape ", policy.sizes());
   TORCH_CHECK_VALUE(ref.sizes() == policy.sizes(), kFn, ": ref_logits must have policy_logits' shape ",
                     policy.sizes(), ", got ", ref.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(policy.scalar_type()), kFn,
+  TORCH_CHECK_TYPE(kernel_dtype(policy.scalar_type()), kFn,
                    ": policy_logits must be float64, float32, bfloat16 or float16, got ", policy.scalar_type());
   TORCH_CHECK_TYPE(ref.scalar_type() == policy.scalar_type(), kFn, ": ref_logits is ", ref.scalar_type(),
                    " but policy_logits is ", policy.scalar_type());

@@ -28,7 +28,7 @@ void check_linear_inputs(const at::Tensor& hidden, const at::Tensor& weight, con
   constexpr const char* fn = "objx.linear_prob_loss";
   TORCH_CHECK_VALUE(hidden.dim() == 2, fn, ": hidden must be 2-D [N, D], got shape ", hidden.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 2, fn, ": weight must be 2-D [V, D], got shape ", weight.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(hidden.scalar_type()), fn,
+  TORCH_CHECK_TYPE(kernel_dtype(hidden.scalar_type()), fn,
                    ": hidden must be float64, float32, bfloat16 or float16, got ", hidden.scalar_type());
   TORCH_CHECK_TYPE(weight.scalar_type() == hidden.scalar_type(), fn, ": weight is ", weight.scalar_type(),
                    " but hidden is ", hidden.scalar_type());

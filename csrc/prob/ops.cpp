@@ -27,7 +27,7 @@ void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
                             const ProbLossOptions& opt) {
   TORCH_CHECK_VALUE(logits.dim() == 2, "objx.prob_loss: logits must be 2-D [N, V], got shape ",
                     logits.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()),
+  TORCH_CHECK_TYPE(kernel_dtype(logits.scalar_type()),
                    "objx.prob_loss: logits must be float64, float32, bfloat16 or float16, got ",
                    logits.scalar_type());
   TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "objx.prob_loss: target must be int64, got ",
@@ -104,7 +104,11 @@ math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, in
   constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
   auto kind = parse_objective(opt.objective);
   // power(alpha) tends to nll as alpha -> 0 (SPEC §1).
-  if (kind == math::ObjectiveKind::kPower && opt.objective_param == 0) kind = math::ObjectiveKind::kNll;
+  // An alpha that the accumulation type cannot hold as a normal number (it would round to 0 or a
+  // subnormal and give NaN) is that limit too.
+  if (kind == math::ObjectiveKind::kPower &&
+      std::abs(static_cast<acc_t>(opt.objective_param)) < std::numeric_limits<acc_t>::min())
+    kind = math::ObjectiveKind::kNll;
   return {kind,
           static_cast<acc_t>(opt.objective_param),
           opt.min_prob ? static_cast<acc_t>(*opt.min_prob) : -inf,

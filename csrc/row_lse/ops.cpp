@@ -18,7 +18,7 @@ template <const RowLseKernels& K>
 at::Tensor row_logsumexp(const at::Tensor& x, double temperature) {
   NvtxRange range("objx::row_logsumexp");
   TORCH_CHECK_VALUE(x.dim() == 2, "objx.row_logsumexp: x must be 2-D [N, V], got shape ", x.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "objx.row_logsumexp: x must be float64, float32, bfloat16 "
+  TORCH_CHECK_TYPE(kernel_dtype(x.scalar_type()), "objx.row_logsumexp: x must be float64, float32, bfloat16 "
                    "or float16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0,
                     "objx.row_logsumexp: temperature must be finite and > 0, got ", temperature);
