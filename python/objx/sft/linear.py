@@ -7,10 +7,12 @@ from typing import Optional, Union
 import torch
 
 from .. import _autograd as ag
-from .._rows import check_reduction, flatten_rows, reduce_rows
+from .._class_weights import check_class_weight
+from .._rows import check_reduction, flatten_rows
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
 from ..parallel.dtensor import gathered_weight
+from .logits import prob_loss_outputs
 from .objective import Objective, resolve_objective
 
 
@@ -29,6 +31,7 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
                      ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                      z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
                      tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
+                     ce_weight: Optional[torch.Tensor] = None, return_stats: bool = False,
                      process_group=None, chunk_size: Optional[int] = None):
     """prob_loss(hidden @ weight.T + bias, target, objective, ...) without the [N, V] logits.
 
@@ -38,6 +41,8 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     as many logits (tile_size · N / V rows) at a time. grad_in_forward=True computes the gradients
     during the forward (one GEMM pass fewer; needs reduction "mean" or "sum"); by default it is on
     for those reductions when a gradient will be needed. chunk_size: deprecated alias of tile_size.
+    ce_weight: class weights [V], as prob_loss's weight (Liger's name: weight is the LM head here).
+    return_stats: also return an objx.LossStats, as prob_loss.
     process_group: weight (and bias) are this rank's vocabulary shard of the LM head and hidden is
     the same on every rank (SPEC §4); grad_hidden is summed over the group. That path runs in
     PyTorch, in row blocks holding as many logits as a tile (objx.parallel.losses).
@@ -51,6 +56,10 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     if weight.dim() != 2:
         raise ValueError(f"objx.linear_prob_loss: weight must be 2-D [V, D], got shape {tuple(weight.shape)}")
     weight = gathered_weight(weight, "objx.linear_prob_loss", process_group)
+    ce_weight = check_class_weight("objx.linear_prob_loss", "ce_weight", ce_weight, weight.shape[0], hidden.device)
+    if process_group is not None and (ce_weight is not None or return_stats):
+        raise ValueError("objx.linear_prob_loss: ce_weight and return_stats are not supported with process_group "
+                         "(vocabulary parallelism) yet")
     if process_group is not None:
         return sharded.linear_prob_loss(
             "objx.linear_prob_loss", rows_hidden, weight, bias, rows_target, obj, target.shape,
@@ -65,14 +74,13 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
                          "(per-row upstream gradients are unknown in the forward)")
     if tile_size is None:
         tile_size = auto_tile_size(rows_hidden.shape[0], weight.shape[0], hidden.dtype, hidden.device)
-    loss_rows, _lse, token_logprob, counted, *_grads = torch.ops.objx.linear_prob_loss_forward(
+    loss_rows, lse, token_logprob, counted, correct, *_grads = torch.ops.objx.linear_prob_loss_forward(
         rows_hidden, weight, bias, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
         int(ignore_index), float(label_smoothing), float(z_loss), None if softcap is None else float(softcap),
-        tile_size, bool(grad_in_forward))
-    loss = reduce_rows(loss_rows, counted, reduction, target.shape)
-    if return_token_prob:
-        return loss, token_logprob.exp().to(torch.float32).reshape(target.shape)
-    return loss
+        tile_size, bool(grad_in_forward), ce_weight)
+    return prob_loss_outputs(loss_rows, lse, token_logprob, counted, correct, rows_target, target.shape,
+                             weight=ce_weight, ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
+                             return_token_prob=return_token_prob, return_stats=return_stats)
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
@@ -95,7 +103,8 @@ class LinearProbLoss(torch.nn.Module):
                  min_prob: Optional[float] = None, max_prob: Optional[float] = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                  softcap: Optional[float] = None, return_token_prob: bool = False,
-                 tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None, process_group=None,
+                 tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
+                 ce_weight: Optional[torch.Tensor] = None, return_stats: bool = False, process_group=None,
                  chunk_size: Optional[int] = None):
         super().__init__()
         check_reduction(reduction)
@@ -103,10 +112,12 @@ class LinearProbLoss(torch.nn.Module):
         self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
         self.kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                            z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
-                           tile_size=tile_size, grad_in_forward=grad_in_forward, process_group=process_group)
+                           tile_size=tile_size, grad_in_forward=grad_in_forward, return_stats=return_stats,
+                           process_group=process_group)
+        self.register_buffer("ce_weight", ce_weight)  # follows the module's .to(device)
 
     def forward(self, hidden, weight, target, bias=None):
-        return linear_prob_loss(hidden, weight, target, bias, self.objective, **self.kwargs)
+        return linear_prob_loss(hidden, weight, target, bias, self.objective, ce_weight=self.ce_weight, **self.kwargs)
 
     def extra_repr(self) -> str:
         return f"objective={self.objective.name!r}, reduction={self.kwargs['reduction']!r}"
@@ -115,6 +126,6 @@ class LinearProbLoss(torch.nn.Module):
 # --- the ops as torch sees them ---------------------------------------------------------------
 
 ag.register_head_fakes("linear_prob_loss_forward", "linear_prob_loss_backward", head=("hidden", "weight", "bias"),
-                       row_outputs=((), (), (), bool))  # loss, lse, token_logprob, counted
+                       row_outputs=((), (), (), bool, bool))  # loss, lse, token_logprob, counted, correct
 ag.register_head_autograd("objx.linear_prob_loss", "linear_prob_loss_forward", "linear_prob_loss_backward",
                           head=("hidden", "weight", "bias"))
