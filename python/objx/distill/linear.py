@@ -8,6 +8,7 @@ import torch
 
 from .. import _autograd as ag
 from .._rows import check_reduction, reduce_rows, rows, rows_target
+from .._shift import shifted_target
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
 from ..parallel.dtensor import gathered_weight
@@ -26,7 +27,8 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
                         method: str = "ttm", temperature: float = 1.0, beta: float = 0.5, hard_weight: float = 1.0,
                         soft_weight: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
                         row_block: Optional[int] = None, grad_in_forward: Optional[bool] = None,
-                        return_terms: bool = False, process_group=None, chunk_size: Optional[int] = None):
+                        return_terms: bool = False, shift: bool = False, process_group=None,
+                        chunk_size: Optional[int] = None):
     """distill_loss(student_hidden @ student_weight.T + student_bias, teacher_hidden @ teacher_weight.T
     + teacher_bias, target, ...) without either [N, V] logits tensor.
 
@@ -35,12 +37,17 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     deprecated alias. grad_in_forward: the student head's gradients are computed in the forward
     (default for "mean"/"sum" when needed; its backward runs once), else the backward recomputes
     both heads' logits block by block.
+    shift: as distill_loss's (hidden states [..., T, D], labels [..., T]).
     process_group: both heads are this rank's vocabulary shard, the hidden states the same on every
     rank (SPEC §4); grad of student_hidden is summed over the group (objx.parallel.losses).
     """
     check_reduction(reduction)
     fn = "objx.linear_distill_loss"
     row_block = slicing(fn, "row_block", row_block, chunk_size)
+    if shift:
+        if target is None:
+            raise ValueError(f"{fn}: shift=True needs target (the ignored last positions are marked there)")
+        target = shifted_target(fn, target, ignore_index)
     if method not in METHODS:
         raise ValueError(f"objx.linear_distill_loss: method must be one of {METHODS}, got {method!r}")
     for name, t in (("student_weight", student_weight), ("teacher_weight", teacher_weight)):

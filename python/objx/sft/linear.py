@@ -9,6 +9,7 @@ import torch
 from .. import _autograd as ag
 from .._class_weights import check_class_weight
 from .._rows import check_reduction, flatten_rows
+from .._shift import shifted_target
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
 from ..parallel.dtensor import gathered_weight
@@ -31,7 +32,7 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
                      ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                      z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
                      tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
-                     ce_weight: Optional[torch.Tensor] = None, return_stats: bool = False,
+                     ce_weight: Optional[torch.Tensor] = None, return_stats: bool = False, shift: bool = False,
                      process_group=None, chunk_size: Optional[int] = None):
     """prob_loss(hidden @ weight.T + bias, target, objective, ...) without the [N, V] logits.
 
@@ -42,7 +43,8 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     during the forward (one GEMM pass fewer; needs reduction "mean" or "sum"); by default it is on
     for those reductions when a gradient will be needed. chunk_size: deprecated alias of tile_size.
     ce_weight: class weights [V], as prob_loss's weight (Liger's name: weight is the LM head here).
-    return_stats: also return an objx.LossStats, as prob_loss.
+    return_stats: also return an objx.LossStats, as prob_loss. shift: as prob_loss's (hidden
+    [..., T, D], labels [..., T]; the last positions are dropped before any GEMM).
     process_group: weight (and bias) are this rank's vocabulary shard of the LM head and hidden is
     the same on every rank (SPEC §4); grad_hidden is summed over the group. That path runs in
     PyTorch, in row blocks holding as many logits as a tile (objx.parallel.losses).
@@ -50,6 +52,8 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     check_reduction(reduction)
     tile_size = slicing("objx.linear_prob_loss", "tile_size", tile_size, chunk_size)
     obj = resolve_objective(objective, alpha, min_prob, max_prob)
+    if shift:
+        target = shifted_target("objx.linear_prob_loss", target, ignore_index)
     rows_hidden, rows_target = flatten_rows("objx.linear_prob_loss", hidden, target, name="hidden", last="D")
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"objx.linear_prob_loss: weight must be a torch.Tensor, got {type(weight).__name__}")
@@ -85,14 +89,14 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                           bias: Optional[torch.Tensor] = None, *, ignore_index: int = -100,
-                          tile_size: Optional[int] = None, process_group=None,
+                          tile_size: Optional[int] = None, shift: bool = False, process_group=None,
                           chunk_size: Optional[int] = None) -> torch.Tensor:
     """log p(target) per row of hidden @ weight.T + bias (SPEC §3.1), 0 for ignored rows;
-    differentiable in hidden, weight and bias; the logits are never built. process_group: as in
-    linear_prob_loss; chunk_size: deprecated alias of tile_size."""
+    differentiable in hidden, weight and bias; the logits are never built. shift, process_group: as
+    in linear_prob_loss; chunk_size: deprecated alias of tile_size."""
     tile_size = slicing("objx.linear_token_logprobs", "tile_size", tile_size, chunk_size)
     return -linear_prob_loss(hidden, weight, target, bias, "nll", ignore_index=ignore_index,
-                             reduction="none", tile_size=tile_size, grad_in_forward=False,
+                             reduction="none", tile_size=tile_size, grad_in_forward=False, shift=shift,
                              process_group=process_group)
 
 
@@ -104,8 +108,8 @@ class LinearProbLoss(torch.nn.Module):
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                  softcap: Optional[float] = None, return_token_prob: bool = False,
                  tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
-                 ce_weight: Optional[torch.Tensor] = None, return_stats: bool = False, process_group=None,
-                 chunk_size: Optional[int] = None):
+                 ce_weight: Optional[torch.Tensor] = None, return_stats: bool = False, shift: bool = False,
+                 process_group=None, chunk_size: Optional[int] = None):
         super().__init__()
         check_reduction(reduction)
         tile_size = slicing("objx.LinearProbLoss", "tile_size", tile_size, chunk_size)
@@ -113,7 +117,7 @@ class LinearProbLoss(torch.nn.Module):
         self.kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                            z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
                            tile_size=tile_size, grad_in_forward=grad_in_forward, return_stats=return_stats,
-                           process_group=process_group)
+                           shift=shift, process_group=process_group)
         self.register_buffer("ce_weight", ce_weight)  # follows the module's .to(device)
 
     def forward(self, hidden, weight, target, bias=None):

@@ -10,6 +10,7 @@ from .. import _autograd as ag
 from .._class_weights import check_class_weight, reduce_weighted_rows, target_weights
 from .._loss_stats import loss_stats
 from .._rows import check_reduction, flatten_rows, reduce_rows
+from .._shift import shifted_target
 from ..parallel import losses as sharded
 from .objective import Objective, resolve_objective
 
@@ -18,7 +19,8 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
               alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
               ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
               z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
-              weight: Optional[torch.Tensor] = None, return_stats: bool = False, process_group=None):
+              weight: Optional[torch.Tensor] = None, return_stats: bool = False, shift: bool = False,
+              process_group=None):
     """Loss of a probability-based objective f(p_y) over rows of logits [..., V] with targets [...].
 
     objective: "nll" | "power" | "log1m", the paper's "-p" / "-p^K", or an objx.Objective.
@@ -30,11 +32,16 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     With return_token_prob=True also returns p_y per row (float32, no gradient; 0 where ignored);
     with return_stats=True also returns an objx.LossStats (per-row token_prob, lse, correct, and
     the loss's z-loss part), computed in the same pass. Both: (loss, token_prob, stats).
+    shift=True: logits [..., T, V] and labels [..., T] of whole sequences; position t predicts
+    label t + 1 and the last position is ignored (as logits[..., :-1, :] with labels[..., 1:], but
+    without copying the logits); per-row outputs keep the [..., T] shape, 0 at the last position.
     process_group: logits are this rank's vocabulary shard (SPEC §4; objx.parallel.losses); the
     loss is the unsharded one, the gradient this shard's.
     """
     check_reduction(reduction)
     obj = resolve_objective(objective, alpha, min_prob, max_prob)
+    if shift:
+        target = shifted_target("objx.prob_loss", target, ignore_index)
     rows_logits, rows_target = flatten_rows("objx.prob_loss", logits, target)
     weight = check_class_weight("objx.prob_loss", "weight", weight, rows_logits.shape[1], rows_logits.device)
     if process_group is not None and (weight is not None or return_stats):
@@ -81,7 +88,8 @@ class ProbLoss(torch.nn.Module):
                  min_prob: Optional[float] = None, max_prob: Optional[float] = None,
                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                  z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
-                 weight: Optional[torch.Tensor] = None, return_stats: bool = False, process_group=None):
+                 weight: Optional[torch.Tensor] = None, return_stats: bool = False, shift: bool = False,
+                 process_group=None):
         super().__init__()
         check_reduction(reduction)
         self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
@@ -92,6 +100,7 @@ class ProbLoss(torch.nn.Module):
         self.softcap = softcap
         self.return_token_prob = return_token_prob
         self.return_stats = return_stats
+        self.shift = shift
         self.process_group = process_group
         # A buffer, as torch.nn.CrossEntropyLoss's: it follows the module's .to(device).
         self.register_buffer("weight", weight)
@@ -101,18 +110,19 @@ class ProbLoss(torch.nn.Module):
                          reduction=self.reduction, label_smoothing=self.label_smoothing,
                          z_loss=self.z_loss, softcap=self.softcap,
                          return_token_prob=self.return_token_prob, weight=self.weight,
-                         return_stats=self.return_stats, process_group=self.process_group)
+                         return_stats=self.return_stats, shift=self.shift, process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return f"objective={self.objective.name!r}, reduction={self.reduction!r}"
 
 
-def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
+def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100, shift: bool = False,
                    process_group=None) -> torch.Tensor:
     """log p(target) per row of logits [..., V] -> [...], 0 where target == ignore_index;
     differentiable, the softmax never built (the nll kernels of prob_loss with reduction="none").
+    shift: as prob_loss's (position t scores label t + 1; 0 at the last position).
     process_group: logits are this rank's vocabulary shard (SPEC §4)."""
-    return -prob_loss(logits, target, "nll", ignore_index=ignore_index, reduction="none",
+    return -prob_loss(logits, target, "nll", ignore_index=ignore_index, reduction="none", shift=shift,
                       process_group=process_group)
 
 
