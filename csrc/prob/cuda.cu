@@ -210,7 +210,9 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
   const acc_t row_lse = lse[r];
   const auto g = live ? math::prob_row_grad(prm, grad_loss[r], row_lse, logp[r], math::target_weight(prm, target[r]))
                       : math::ProbRowGrad<acc_t>{0, 0, 0};
-  const acc_t* w = prm.class_weight != nullptr ? prm.class_weight + col_offset : nullptr;
+  // Column weights enter only through label smoothing's c (0 otherwise).
+  const acc_t* w = prm.class_weight != nullptr && prm.label_smoothing != acc_t(0) ? prm.class_weight + col_offset
+                                                                                : nullptr;
   int64_t done = 0;
   if (aligned16(row) && aligned16(out)) {
     const P* in_packs = reinterpret_cast<const P*>(row);

@@ -11,6 +11,7 @@ def shifted_target(fn: str, target, ignore_index: int) -> torch.Tensor:
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
     if target.dim() < 1:
-        raise ValueError(f"{fn}: shift=True needs targets [..., T] with a sequence dim, got shape {tuple(target.shape)}")
+        raise ValueError(f"{fn}: shift=True needs targets [..., T] with a sequence dim, "
+                         f"got shape {tuple(target.shape)}")
     last = torch.full_like(target[..., :1], ignore_index)
     return torch.cat([target[..., 1:], last], dim=-1)
