@@ -128,3 +128,11 @@ def test_shift_does_not_copy_the_logits(device):
     shift, sliced = peak_over_logits("shift", device), peak_over_logits("sliced", device)
     assert 0.9 < shift < 1.25, f"shift=True: peak {shift:.2f} x the logits"
     assert sliced > 1.75, f"sliced call: peak {sliced:.2f} x the logits (the measurement must see the copy)"
+
+
+def test_module_and_compile(device):
+    logits, labels = sequences(2, 9, 300, device)
+    module = objx.ProbLoss(shift=True, z_loss=1e-3)
+    expected = objx.prob_loss(logits[:, :-1], labels[:, 1:], z_loss=1e-3)
+    for fn in (module, torch.compile(module, fullgraph=True)):
+        assert_close(fn(logits, labels), expected, TOLERANCES[torch.float32][0], "ProbLoss(shift=True)")

@@ -179,3 +179,27 @@ def test_op_checks_the_weight(device):
     with pytest.raises(ValueError, match=r"objx.prob_loss: weight must be 1-D \[V\] with V = 50"):
         torch.ops.objx.prob_loss_forward(logits, target, "nll", 0.0, None, None, -100, 0.0, 0.0, None,
                                          torch.ones(3, device=device))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_opcheck(device, label_smoothing):
+    logits, target = make_logits(16, 257, device=device)
+    target[2] = -100
+    weight = make_weight(257, device)
+    args = (logits, target, "nll", 0.0, None, None, -100, label_smoothing, 1e-3, None, weight)
+    torch.library.opcheck(torch.ops.objx.prob_loss_forward, (leaf(logits),) + args[1:])
+    loss, lse, logp, counted, _correct = torch.ops.objx.prob_loss_forward(*args)
+    torch.library.opcheck(torch.ops.objx.prob_loss_backward,
+                          (torch.rand_like(loss), logits, target, lse, logp, counted, "nll", 0.0, -100,
+                           label_smoothing, 1e-3, None, weight))
+    hidden, head, target, bias = make_head(8, 8, 100, device=device, bias=True)
+    ce_weight = make_weight(100, device)
+    for grad_in_forward in (False, True):
+        torch.library.opcheck(torch.ops.objx.linear_prob_loss_forward,
+                              (leaf(hidden), leaf(head), leaf(bias), target, "nll", 0.0, None, None, -100,
+                               label_smoothing, 1e-3, None, 32, grad_in_forward, ce_weight))
+    out = torch.ops.objx.linear_prob_loss_forward(hidden, head, bias, target, "nll", 0.0, None, None, -100,
+                                                  label_smoothing, 1e-3, None, 32, False, ce_weight)
+    torch.library.opcheck(torch.ops.objx.linear_prob_loss_backward,
+                          (torch.rand_like(out[0]), hidden, head, bias, target, out[1], out[2], out[3], "nll", 0.0,
+                           -100, label_smoothing, 1e-3, None, 32, ce_weight))
