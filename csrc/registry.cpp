@@ -2,16 +2,19 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(objx, m) {
-  // SPEC §1. Per-row loss (0 for rows that do not count), lse, log p of the target (-inf where ignored) and counted mask.
+  // SPEC §1. Per-row loss (0 for rows that do not count; scaled by the class weights when given),
+  // lse, log p of the target (-inf where ignored), counted mask, and whether the row's first argmax
+  // is its target.
   m.def(
       "prob_loss_forward(Tensor logits, Tensor target, str objective, float objective_param, "
       "float? min_prob, float? max_prob, int ignore_index, float label_smoothing, float z_loss, "
-      "float? softcap) -> (Tensor loss, Tensor lse, Tensor token_logprob, Tensor counted)");
+      "float? softcap, Tensor? class_weight=None) -> (Tensor loss, Tensor lse, Tensor token_logprob, "
+      "Tensor counted, Tensor correct)");
   // Gradient of sum_r grad_loss[r] * loss[r] with respect to the logits.
   m.def(
       "prob_loss_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor lse, "
       "Tensor token_logprob, Tensor counted, str objective, float objective_param, int ignore_index, "
-      "float label_smoothing, float z_loss, float? softcap) -> Tensor");
+      "float label_smoothing, float z_loss, float? softcap, Tensor? class_weight=None) -> Tensor");
   // SPEC §1.1, fused linear variant: logits = hidden @ weight.T + bias, built one vocabulary tile of
   // vocab_chunk columns at a time (the Python keyword tile_size). With grad_in_forward the gradients
   // of sum_r loss[r] (for hidden, weight in float32/64 and bias) come out of the forward (empty
@@ -19,13 +22,14 @@ TORCH_LIBRARY(objx, m) {
   m.def(
       "linear_prob_loss_forward(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, str objective, "
       "float objective_param, float? min_prob, float? max_prob, int ignore_index, float label_smoothing, "
-      "float z_loss, float? softcap, int vocab_chunk, bool grad_in_forward) -> (Tensor loss, Tensor lse, "
-      "Tensor token_logprob, Tensor counted, Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+      "float z_loss, float? softcap, int vocab_chunk, bool grad_in_forward, Tensor? class_weight=None) -> "
+      "(Tensor loss, Tensor lse, Tensor token_logprob, Tensor counted, Tensor correct, Tensor grad_hidden, "
+      "Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "linear_prob_loss_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, Tensor target, "
       "Tensor lse, Tensor token_logprob, Tensor counted, str objective, float objective_param, int ignore_index, "
-      "float label_smoothing, float z_loss, float? softcap, int vocab_chunk) -> (Tensor grad_hidden, "
-      "Tensor grad_weight, Tensor grad_bias)");
+      "float label_smoothing, float z_loss, float? softcap, int vocab_chunk, Tensor? class_weight=None) -> "
+      "(Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
   // SPEC §2. Per-row loss = hard_weight * CE(y, softmax(s)) + soft_weight * D, the soft and hard
   // terms, the [N, 6] row statistics of the backward, and the counted mask. No target: every row
   // counts and hard_weight must be 0. The teacher gets no gradient.

@@ -78,7 +78,7 @@ def test_options(device):
 
 def test_backward_op_checks_saved_rows(device):
     logits, target = make_logits(5, 10, device=device)
-    loss, lse, prob, counted = torch.ops.objx.prob_loss_forward(logits, target, "nll", 0.0, None, None,
+    loss, lse, prob, counted, _correct = torch.ops.objx.prob_loss_forward(logits, target, "nll", 0.0, None, None,
                                                                 -100, 0.0, 0.0, None)
     raises(ValueError, r"grad_loss must have shape \[5\]", lambda: torch.ops.objx.prob_loss_backward(
         loss[:4], logits, target, lse, prob, counted, "nll", 0.0, -100, 0.0, 0.0, None))

@@ -32,7 +32,7 @@ def test_opcheck_forward(device, case):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["objective"])
 def test_opcheck_backward(device, case):
     logits, target = make_logits(16, 257, device=device)
-    loss, lse, prob, counted = torch.ops.objx.prob_loss_forward(*op_args(logits, target, case))
+    loss, lse, prob, counted, _correct = torch.ops.objx.prob_loss_forward(*op_args(logits, target, case))
     grad = torch.rand_like(loss)
     torch.library.opcheck(torch.ops.objx.prob_loss_backward,
                           (grad, logits, target, lse, prob, counted, case["objective"],

@@ -92,19 +92,20 @@ OBJX_ISA_CLONES void vec_scaled_softmax(const float* x, int64_t n, float ref, fl
   for (int64_t i = 0; i < n; ++i) out[i] = a * exp_poly((x[i] - ref) + shift) - c;
 }
 
-void lse_absorb(float& max, float& sum, const float* x, int64_t n) {
-  if (n <= 0) return;
+float lse_absorb(float& max, float& sum, const float* x, int64_t n) {
+  if (n <= 0) return -std::numeric_limits<float>::infinity();
   const float cm = vec_max(x, n);
   const float m = max > cm ? max : cm;
   const float shift = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
   const float rescale = max == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(max - shift);
   sum = sum * rescale + vec_sum_exp(x, n, shift);
   max = m;
+  return cm;
 }
 
 // float64: plain loops with exact std::exp (two passes: max, then the shifted sum).
-void lse_absorb(double& max, double& sum, const double* x, int64_t n) {
-  if (n <= 0) return;
+double lse_absorb(double& max, double& sum, const double* x, int64_t n) {
+  if (n <= 0) return -std::numeric_limits<double>::infinity();
   double cm = -std::numeric_limits<double>::infinity();
   for (int64_t i = 0; i < n; ++i) cm = x[i] > cm ? x[i] : cm;
   const double m = max > cm ? max : cm;
@@ -114,6 +115,7 @@ void lse_absorb(double& max, double& sum, const double* x, int64_t n) {
   const double rescale = max == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(max - shift);
   sum = sum * rescale + piece;
   max = m;
+  return cm;
 }
 
 }  // namespace objx

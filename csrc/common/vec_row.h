@@ -25,8 +25,9 @@ void vec_exp(const double* x, int64_t n, double* out);
 // logit and log p_y).
 void vec_scaled_softmax(const float* x, int64_t n, float ref, float shift, float a, float c, float* out);
 
-// Folds x[0, n) into an online log-sum-exp state (running max, sum of exp(x - max)).
-void lse_absorb(float& max, float& sum, const float* x, int64_t n);
-void lse_absorb(double& max, double& sum, const double* x, int64_t n);
+// Folds x[0, n) into an online log-sum-exp state (running max, sum of exp(x - max)); returns the
+// piece's own max (-inf for n <= 0; NaN ignored, as vec_max).
+float lse_absorb(float& max, float& sum, const float* x, int64_t n);
+double lse_absorb(double& max, double& sum, const double* x, int64_t n);
 
 }  // namespace objx

@@ -24,7 +24,22 @@ struct ProbLossParams {
   acc_t softcap;          // 0 when unset
   int64_t ignore_index;
   int64_t vocab;
+  // Class weights [V] and their sum (one element), on the kernel's device; nullptr when unweighted.
+  const acc_t* class_weight = nullptr;
+  const acc_t* class_weight_sum = nullptr;
 };
+
+// weight[t] of a row whose target t is in [0, V); 1 when unweighted.
+template <typename acc_t>
+OBJX_HD acc_t target_weight(const ProbLossParams<acc_t>& prm, int64_t t) {
+  return prm.class_weight != nullptr ? prm.class_weight[t] : acc_t(1);
+}
+
+// sum_j weight_j: V when unweighted, so that the weighted formulas reduce to the plain ones.
+template <typename acc_t>
+OBJX_HD acc_t weight_total(const ProbLossParams<acc_t>& prm) {
+  return prm.class_weight != nullptr ? *prm.class_weight_sum : acc_t(prm.vocab);
+}
 
 // f(p) from log p. p^alpha is exp(alpha log p) (SPEC §1), and expm1/log1p keep small terms exact.
 template <typename acc_t>
@@ -78,21 +93,24 @@ struct ProbRowForward {
   bool counted;
 };
 
-// Row epilogue of the forward pass for a row whose target is in [0, V). lse, logp = log p_y and
-// sum_z (the sum of the logits, only used with label smoothing) are of the soft-capped logits.
+// Row epilogue of the forward pass for a row whose target is in [0, V), with class weight w_y.
+// lse, logp = log p_y and sum_z (sum_j weight_j z_j, only used with label smoothing) are of the
+// soft-capped logits. Smoothing follows F.cross_entropy: eps/V sum_j weight_j (-log p_j).
 template <typename acc_t>
-OBJX_HD ProbRowForward<acc_t> prob_row_forward(const ProbLossParams<acc_t>& prm, acc_t lse, acc_t logp, acc_t sum_z) {
+OBJX_HD ProbRowForward<acc_t> prob_row_forward(const ProbLossParams<acc_t>& prm, acc_t lse, acc_t logp, acc_t sum_z,
+                                               acc_t w_y) {
   using std::exp;
   const acc_t p = exp(logp);
   if (!row_passes_thresholds(prm, p)) return {acc_t(0), logp, false};
   acc_t loss;
   if (prm.label_smoothing != acc_t(0)) {
     const acc_t eps = prm.label_smoothing;
-    loss = -(acc_t(1) - eps) * logp + eps * (lse - sum_z / acc_t(prm.vocab));
+    const acc_t v = acc_t(prm.vocab);
+    loss = -(acc_t(1) - eps) * w_y * logp + eps * (lse * (weight_total(prm) / v) - sum_z / v);
   } else {
-    loss = objective_value(prm.kind, prm.param, logp);
+    loss = w_y * objective_value(prm.kind, prm.param, logp);
   }
-  loss += prm.z_loss * lse * lse;
+  loss += w_y * prm.z_loss * lse * lse;
   return {loss, logp, true};
 }
 
@@ -102,19 +120,30 @@ template <typename acc_t>
 struct ProbRowResult {
   acc_t loss, lse, logp;
   bool counted;
-  int error;  // 0, or kBadTarget / kEmptyRow
+  int error;     // 0, or kBadTarget / kEmptyRow
+  bool correct;  // the row's first argmax is its target (false where ignored)
 };
 
+// max_before: the largest logit left of the target's column (-inf if none), for `correct`; the
+// state's max covers every logit and z_gold, so z_gold is the first argmax when both agree.
 template <typename acc_t>
 OBJX_HD ProbRowResult<acc_t> prob_row_finish(const ProbLossParams<acc_t>& prm, int64_t t,
-                                             LseState<acc_t> others, acc_t z_gold, acc_t sum_z) {
+                                             LseState<acc_t> others, acc_t z_gold, acc_t sum_z, acc_t max_before) {
   if (t == prm.ignore_index)
-    return {acc_t(0), lse_finish(others), -std::numeric_limits<acc_t>::infinity(), false, 0};
-  if (t < 0 || t >= prm.vocab) return {acc_t(0), acc_t(0), acc_t(0), false, kBadTarget};
+    return {acc_t(0), lse_finish(others), -std::numeric_limits<acc_t>::infinity(), false, 0, false};
+  if (t < 0 || t >= prm.vocab) return {acc_t(0), acc_t(0), acc_t(0), false, kBadTarget, false};
   const auto fin = finish_with_gold(others, z_gold);
-  const auto out = prob_row_forward(prm, fin.lse, fin.logp, sum_z);
+  const auto out = prob_row_forward(prm, fin.lse, fin.logp, sum_z, target_weight(prm, t));
   const bool empty = out.counted && fin.lse == -std::numeric_limits<acc_t>::infinity();
-  return {out.loss, fin.lse, out.logp, out.counted, empty ? kEmptyRow : 0};
+  const bool correct = others.max == z_gold && max_before < z_gold;
+  return {out.loss, fin.lse, out.logp, out.counted, empty ? kEmptyRow : 0, correct};
+}
+
+// Columns of a tile [offset, offset + cols) left of target t: all of them, some, or none.
+OBJX_HD int64_t columns_before_target(int64_t t, int64_t ignore_index, int64_t offset, int64_t cols) {
+  if (t == ignore_index) return 0;
+  const int64_t c = t - offset;
+  return c < 0 ? 0 : (c > cols ? cols : c);
 }
 
 // Column of the target inside a tile of columns [offset, offset + cols), or -1.
@@ -138,8 +167,9 @@ OBJX_HD SoftmaxRef<acc_t> softmax_ref(acc_t lse, acc_t logp, bool whole_row_with
   return {lse, acc_t(0)};
 }
 
-// Backward: for a counted row, d loss / d z_j = a * p_j - c off the target and `gold` at j = y,
-// with z the soft-capped logits (the caller multiplies by the soft-cap derivative).
+// Backward: for a counted row, d loss / d z_j = a * p_j - c * weight_j off the target and `gold`
+// at j = y, with z the soft-capped logits (the caller multiplies by the soft-cap derivative) and
+// weight_j = 1 when unweighted.
 template <typename acc_t>
 struct ProbRowGrad {
   acc_t a, c, gold;
@@ -147,15 +177,17 @@ struct ProbRowGrad {
 
 template <typename acc_t>
 OBJX_HD ProbRowGrad<acc_t> prob_row_grad(const ProbLossParams<acc_t>& prm, acc_t grad_row,
-                                         acc_t lse, acc_t logp) {
+                                         acc_t lse, acc_t logp, acc_t w_y) {
   using std::expm1;
   const acc_t eps = prm.label_smoothing;
   const acc_t s = eps != acc_t(0) ? acc_t(1) : objective_weight(prm.kind, prm.param, logp);
-  const acc_t a = grad_row * (s + acc_t(2) * prm.z_loss * lse);
-  const acc_t c = grad_row * s * eps / acc_t(prm.vocab);
-  // a p_y - s (1 - eps) - c, written with p_y - 1 = expm1(log p_y): exact when p_y is near 1,
-  // where large s_f (log1m, z-loss) would amplify the rounding of p_y.
-  const acc_t gold = a * expm1(logp) + grad_row * (s * eps + acc_t(2) * prm.z_loss * lse) - c;
+  // The smoothing term eps/V sum_j weight_j (lse - z_j) adds eps W / V to a (W = sum_j weight_j).
+  const acc_t smooth = eps != acc_t(0) ? eps * (weight_total(prm) / acc_t(prm.vocab)) : acc_t(0);
+  const acc_t a = grad_row * (w_y * (s * (acc_t(1) - eps) + acc_t(2) * prm.z_loss * lse) + smooth);
+  const acc_t c = grad_row * eps / acc_t(prm.vocab);
+  // a p_y - w_y s (1 - eps) - c w_y, written with p_y - 1 = expm1(log p_y): exact when p_y is near
+  // 1, where large s_f (log1m, z-loss) would amplify the rounding of p_y.
+  const acc_t gold = a * expm1(logp) + grad_row * (smooth + acc_t(2) * prm.z_loss * w_y * lse) - c * w_y;
   return {a, c, gold};
 }
 

@@ -41,47 +41,57 @@ const acc_t* load_piece(const scalar_t* src, int64_t n, acc_t cap, acc_t* buf) {
   return buf;
 }
 
-// Adds logits x[0, n) to a running state (and their sum, for label smoothing).
+// Adds logits x[0, n) to a running state (and their sum, weighted by w[0, n) when w is given, for
+// label smoothing); returns the piece's max.
 template <typename acc_t>
-void absorb(LseState<acc_t>& st, double& sum_z, const acc_t* x, int64_t n, bool want_sum) {
-  if (n <= 0) return;
-  lse_absorb(st.max, st.sum, x, n);
-  if (!want_sum) return;
-  if constexpr (std::is_same_v<acc_t, float>) {
+acc_t absorb(LseState<acc_t>& st, double& sum_z, const acc_t* x, int64_t n, bool want_sum, const acc_t* w) {
+  if (n <= 0) return -std::numeric_limits<acc_t>::infinity();
+  const acc_t piece_max = lse_absorb(st.max, st.sum, x, n);
+  if (!want_sum) return piece_max;
+  if (w != nullptr) {
+    for (int64_t i = 0; i < n; ++i) sum_z += static_cast<double>(w[i]) * x[i];
+  } else if constexpr (std::is_same_v<acc_t, float>) {
     sum_z += vec_sum(x, n);
   } else {
     for (int64_t i = 0; i < n; ++i) sum_z += x[i];
   }
+  return piece_max;
 }
 
 template <typename acc_t>
 struct RowState {
   LseState<acc_t> others;  // online LSE of every logit but the target's
   acc_t z_gold;            // the target's (soft-capped) logit, once seen
-  double sum_z;            // sum of the logits
+  double sum_z;            // sum of the logits (class-weighted when weighted)
+  acc_t max_before;        // the largest logit left of the target's column
 };
 
 // Folds cols logits of one row into s; column `gold` (or -1) is the target, held out of the sum
-// (see math::finish_with_gold) but seeding the max.
+// (see math::finish_with_gold) but seeding the max; the first `before` columns lie left of the
+// target (all of them when it comes in a later tile). w: the class weights of these columns, or
+// nullptr.
 template <typename scalar_t, typename acc_t>
-void reduce_row(const scalar_t* row, int64_t cols, int64_t gold, const ProbLossParams<acc_t>& prm,
-                RowState<acc_t>& s) {
+void reduce_row(const scalar_t* row, int64_t cols, int64_t gold, int64_t before, const ProbLossParams<acc_t>& prm,
+                const acc_t* w, RowState<acc_t>& s) {
   acc_t buf[kPiece];
   const bool want_sum = prm.label_smoothing != acc_t(0);
   if (gold >= 0) {
     s.z_gold = math::softcap_value(static_cast<acc_t>(row[gold]), prm.softcap);
     s.others = math::lse_merge(s.others, math::gold_seed(s.z_gold));
-    s.sum_z += s.z_gold;
+    s.sum_z += (w != nullptr ? static_cast<double>(w[gold]) : 1.0) * s.z_gold;
   }
   for (int64_t start = 0; start < cols; start += kPiece) {
     const int64_t n = std::min(kPiece, cols - start);
     const acc_t* x = load_piece(row + start, n, prm.softcap, buf);
+    const acc_t* wp = w != nullptr ? w + start : nullptr;
     const int64_t g = gold - start;
     if (g >= 0 && g < n) {
-      absorb(s.others, s.sum_z, x, g, want_sum);
-      absorb(s.others, s.sum_z, x + g + 1, n - g - 1, want_sum);
+      const acc_t left = absorb(s.others, s.sum_z, x, g, want_sum, wp);
+      s.max_before = std::max(s.max_before, left);
+      absorb(s.others, s.sum_z, x + g + 1, n - g - 1, want_sum, wp != nullptr ? wp + g + 1 : nullptr);
     } else {
-      absorb(s.others, s.sum_z, x, n, want_sum);
+      const acc_t piece_max = absorb(s.others, s.sum_z, x, n, want_sum, wp);
+      if (start + n <= before) s.max_before = std::max(s.max_before, piece_max);
     }
   }
 }
@@ -89,11 +99,12 @@ void reduce_row(const scalar_t* row, int64_t cols, int64_t gold, const ProbLossP
 // Writes each row's result and raises for the first bad row, after all rows are done.
 template <typename acc_t, typename RowFn>
 void finish_rows(int64_t rows, int64_t grain, ProbLossForward& out, RowErrors& errors, RowFn&& row_result) {
-  auto& [loss, lse, logp, counted] = out;
+  auto& [loss, lse, logp, counted, correct] = out;
   acc_t* loss_p = loss.mutable_data_ptr<acc_t>();
   acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
   acc_t* logp_p = logp.mutable_data_ptr<acc_t>();
   bool* counted_p = counted.mutable_data_ptr<bool>();
+  bool* correct_p = correct.mutable_data_ptr<bool>();
   std::atomic<int64_t> first_error[3] = {rows, rows, rows};
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -102,6 +113,7 @@ void finish_rows(int64_t rows, int64_t grain, ProbLossForward& out, RowErrors& e
       lse_p[r] = res.lse;
       logp_p[r] = res.logp;
       counted_p[r] = res.counted;
+      correct_p[r] = res.correct;
       if (res.error) {
         int64_t cur = first_error[res.error].load();
         while (r < cur && !first_error[res.error].compare_exchange_weak(cur, r)) {}
@@ -119,9 +131,10 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& target, const Prob
   const scalar_t* z = logits.const_data_ptr<scalar_t>();
   const int64_t* y = target.const_data_ptr<int64_t>();
   finish_rows<acc_t>(logits.size(0), row_grain(vocab, kTaskLogits), out, errors, [&](int64_t r) {
-    RowState<acc_t> s{math::lse_empty<acc_t>(), acc_t(0), 0.0};
-    reduce_row(z + r * stride, vocab, math::gold_column(y[r], prm.ignore_index, 0, vocab), prm, s);
-    return math::prob_row_finish(prm, y[r], s.others, s.z_gold, static_cast<acc_t>(s.sum_z));
+    RowState<acc_t> s{math::lse_empty<acc_t>(), acc_t(0), 0.0, -std::numeric_limits<acc_t>::infinity()};
+    reduce_row(z + r * stride, vocab, math::gold_column(y[r], prm.ignore_index, 0, vocab),
+               math::columns_before_target(y[r], prm.ignore_index, 0, vocab), prm, prm.class_weight, s);
+    return math::prob_row_finish(prm, y[r], s.others, s.z_gold, static_cast<acc_t>(s.sum_z), s.max_before);
   });
 }
 
@@ -149,11 +162,12 @@ void advise_huge_pages(at::Tensor& t) {
 #endif
 }
 
-// Gradient of one counted row: a p_j - c, `gold` at column t, times the soft-cap derivative.
-// out may alias row (a tile overwritten with its gradient): each element is read before written.
+// Gradient of one counted row: a p_j - c w_j (w_j = 1 when w is nullptr), `gold` at column t,
+// times the soft-cap derivative. out may alias row (a tile overwritten with its gradient): each
+// element is read before written.
 template <typename scalar_t>
 void grad_row(const scalar_t* row, int64_t cols, int64_t t, math::SoftmaxRef<float> sm,
-              const math::ProbRowGrad<float>& g, float cap, scalar_t* out) {
+              const math::ProbRowGrad<float>& g, float cap, const float* w, scalar_t* out) {
   float buf[kPiece];
   float gbuf[kPiece];
   for (int64_t start = 0; start < cols; start += kPiece) {
@@ -161,7 +175,12 @@ void grad_row(const scalar_t* row, int64_t cols, int64_t t, math::SoftmaxRef<flo
     const float* x = load_piece(row + start, n, cap, buf);
     float* dst = gbuf;
     if constexpr (std::is_same_v<scalar_t, float>) dst = out + start;
-    vec_scaled_softmax(x, n, sm.ref, sm.shift, g.a, g.c, dst);
+    if (w != nullptr && g.c != 0.0f) {
+      vec_scaled_softmax(x, n, sm.ref, sm.shift, g.a, 0.0f, dst);
+      for (int64_t i = 0; i < n; ++i) dst[i] -= g.c * w[start + i];
+    } else {
+      vec_scaled_softmax(x, n, sm.ref, sm.shift, g.a, g.c, dst);
+    }
     if (t >= start && t < start + n) dst[t - start] = g.gold;
     if (cap != 0.0f)
       for (int64_t i = 0; i < n; ++i) dst[i] *= math::softcap_grad(x[i], cap);
@@ -171,10 +190,10 @@ void grad_row(const scalar_t* row, int64_t cols, int64_t t, math::SoftmaxRef<flo
 }
 
 void grad_row(const double* row, int64_t cols, int64_t t, math::SoftmaxRef<double> sm,
-              const math::ProbRowGrad<double>& g, double cap, double* out) {
+              const math::ProbRowGrad<double>& g, double cap, const double* w, double* out) {
   for (int64_t j = 0; j < cols; ++j) {
     const double zc = math::softcap_value(row[j], cap);
-    const double v = j == t ? g.gold : g.a * std::exp((zc - sm.ref) + sm.shift) - g.c;
+    const double v = j == t ? g.gold : g.a * std::exp((zc - sm.ref) + sm.shift) - g.c * (w != nullptr ? w[j] : 1.0);
     out[j] = v * math::softcap_grad(zc, cap);
   }
 }
@@ -196,12 +215,13 @@ void backward_impl(const scalar_t* z, int64_t rows, int64_t cols, int64_t stride
         std::fill(dst, dst + cols, scalar_t(0));
         continue;
       }
-      const auto coef = math::prob_row_grad(prm, g_p[r], lse_p[r], logp_p[r]);
+      const auto coef = math::prob_row_grad(prm, g_p[r], lse_p[r], logp_p[r], math::target_weight(prm, y[r]));
+      const acc_t* w = prm.class_weight != nullptr ? prm.class_weight + col_offset : nullptr;
       const int64_t t = y[r] - col_offset;
       const bool whole = col_offset == 0 && cols == prm.vocab && t >= 0 && t < cols;
       const auto sm = math::softmax_ref(
           lse_p[r], logp_p[r], whole, whole ? math::softcap_value(static_cast<acc_t>(z[r * stride + t]), prm.softcap) : acc_t(0));
-      grad_row(z + r * stride, cols, t, sm, coef, prm.softcap, dst);
+      grad_row(z + r * stride, cols, t, sm, coef, prm.softcap, w, dst);
     }
   });
 }
@@ -247,14 +267,18 @@ void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_o
     acc_t* sm = state.sum.mutable_data_ptr<acc_t>();
     acc_t* zg = state.z_gold.mutable_data_ptr<acc_t>();
     acc_t* sz = state.sum_z.mutable_data_ptr<acc_t>();
+    acc_t* mb = state.max_before.mutable_data_ptr<acc_t>();
+    const acc_t* w = prm.class_weight != nullptr ? prm.class_weight + col_offset : nullptr;
     at::parallel_for(0, tile.size(0), row_grain(cols, kTaskLogits), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        RowState<acc_t> s{{mx[r], sm[r]}, zg[r], static_cast<double>(sz[r])};
-        reduce_row(z + r * stride, cols, math::gold_column(y[r], opt.ignore_index, col_offset, cols), prm, s);
+        RowState<acc_t> s{{mx[r], sm[r]}, zg[r], static_cast<double>(sz[r]), mb[r]};
+        reduce_row(z + r * stride, cols, math::gold_column(y[r], opt.ignore_index, col_offset, cols),
+                   math::columns_before_target(y[r], opt.ignore_index, col_offset, cols), prm, w, s);
         mx[r] = s.others.max;
         sm[r] = s.others.sum;
         zg[r] = s.z_gold;
         sz[r] = static_cast<acc_t>(s.sum_z);
+        mb[r] = s.max_before;
       }
     });
   });
@@ -270,9 +294,10 @@ ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target
     const acc_t* sm = state.sum.const_data_ptr<acc_t>();
     const acc_t* zg = state.z_gold.const_data_ptr<acc_t>();
     const acc_t* sz = state.sum_z.const_data_ptr<acc_t>();
+    const acc_t* mb = state.max_before.const_data_ptr<acc_t>();
     const int64_t* y = target.const_data_ptr<int64_t>();
     finish_rows<acc_t>(target.size(0), 4096, out, errors, [&](int64_t r) {
-      return math::prob_row_finish(prm, y[r], LseState<acc_t>{mx[r], sm[r]}, zg[r], sz[r]);
+      return math::prob_row_finish(prm, y[r], LseState<acc_t>{mx[r], sm[r]}, zg[r], sz[r], mb[r]);
     });
   });
   return out;

@@ -25,29 +25,51 @@ using math::ProbLossParams;
 
 constexpr int kThreads = 256;
 
-// Adds a group of logits to a thread's running state with one rescale for the whole group;
-// element `held_out` (the target, if in this group) joins the max and sum_z but not the exp-sum.
+// A thread's (and, reduced, the row's) running state: online LSE, the (class-weighted) sum of the
+// logits, and the largest logit left of the target's column (`correct`).
+template <typename acc_t>
+struct RowReduce {
+  LseState<acc_t> lse;
+  acc_t sum_z;
+  acc_t max_before;
+};
+
+// Adds a group of logits (columns col0 .. col0 + K - 1) to a thread's running state with one
+// rescale for the whole group; element `held_out` (the target, if in this group) joins the max and
+// sum_z but not the exp-sum. w: the class weights of the row's columns (for sum_z), or nullptr;
+// columns below `before` are left of the target.
 template <typename acc_t, int K>
-__device__ __forceinline__ void push_group(LseState<acc_t>& st, acc_t& sum_z, const acc_t (&x)[K],
-                                           int held_out) {
-  acc_t m = st.max;
+__device__ __forceinline__ void push_group(RowReduce<acc_t>& st, const acc_t (&x)[K], int held_out, int64_t col0,
+                                           int64_t before, const acc_t* w) {
+  acc_t m = st.lse.max;
 #pragma unroll
   for (int k = 0; k < K; ++k) m = x[k] > m ? x[k] : m;
   const acc_t shift = m == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : m;
-  acc_t s = st.sum * math::exp_shifted(st.max, m);
+  acc_t s = st.lse.sum * math::exp_shifted(st.lse.max, m);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     if (k != held_out) s += exp(x[k] - shift);
-    sum_z += x[k];
+    st.sum_z += w != nullptr ? w[col0 + k] * x[k] : x[k];
+    if (col0 + k < before && x[k] > st.max_before) st.max_before = x[k];
   }
-  st = {m, s};
+  st.lse = {m, s};
 }
 
-// Block-wide reduction of one row of cols logits, starting from each thread's (st, sum_z); column
-// `gold` (or -1) is held out of the exp-sum (math::finish_with_gold). Every thread gets the result.
+template <typename acc_t>
+__device__ RowReduce<acc_t> block_row_reduce(RowReduce<acc_t> s) {
+  const RowReduce<acc_t> empty{math::lse_empty<acc_t>(), acc_t(0), -std::numeric_limits<acc_t>::infinity()};
+  return block_reduce(s, empty, [](RowReduce<acc_t> a, RowReduce<acc_t> b) {
+    return RowReduce<acc_t>{math::lse_merge(a.lse, b.lse), a.sum_z + b.sum_z,
+                            a.max_before > b.max_before ? a.max_before : b.max_before};
+  });
+}
+
+// Block-wide reduction of one row of cols logits, starting from each thread's state; column `gold`
+// (or -1) is held out of the exp-sum (math::finish_with_gold), the first `before` columns are left
+// of the target. Every thread gets the result.
 template <typename scalar_t, typename acc_t>
-__device__ LseState<acc_t> block_reduce_row(const scalar_t* row, int64_t cols, int64_t gold, acc_t cap,
-                                            LseState<acc_t> st, acc_t& sum_z) {
+__device__ RowReduce<acc_t> block_reduce_row(const scalar_t* row, int64_t cols, int64_t gold, int64_t before,
+                                             acc_t cap, const acc_t* w, RowReduce<acc_t> st) {
   using P = Pack<scalar_t>;
   constexpr int K = P::kSize;
   int64_t done = 0;
@@ -60,17 +82,15 @@ __device__ LseState<acc_t> block_reduce_row(const scalar_t* row, int64_t cols, i
 #pragma unroll
       for (int k = 0; k < K; ++k) x[k] = math::softcap_value(static_cast<acc_t>(pk.v[k]), cap);
       const int64_t held = gold - i * K;
-      push_group(st, sum_z, x, held >= 0 && held < K ? static_cast<int>(held) : -1);
+      push_group(st, x, held >= 0 && held < K ? static_cast<int>(held) : -1, i * K, before, w);
     }
     done = n_packs * K;
   }
   for (int64_t j = done + threadIdx.x; j < cols; j += blockDim.x) {
     const acc_t x[1] = {math::softcap_value(static_cast<acc_t>(row[j]), cap)};
-    push_group(st, sum_z, x, j == gold ? 0 : -1);
+    push_group(st, x, j == gold ? 0 : -1, j, before, w);
   }
-  const LseSum<acc_t> total = block_lse_sum(LseSum<acc_t>{st, sum_z});
-  sum_z = total.sum;
-  return total.lse;
+  return block_row_reduce(st);
 }
 
 template <typename acc_t>
@@ -79,6 +99,7 @@ struct RowOutputs {
   acc_t* lse;
   acc_t* logp;
   bool* counted;
+  bool* correct;
   unsigned long long* first_error;  // RowErrors::slots(): first row per math error kind
   int64_t row_offset;               // the op's number of this launch's row 0
 };
@@ -90,6 +111,7 @@ __device__ __forceinline__ void write_row(const RowOutputs<acc_t>& out, int64_t 
   out.lse[r] = res.lse;
   out.logp[r] = res.logp;
   out.counted[r] = res.counted;
+  out.correct[r] = res.correct;
   if (res.error) atomicMin(out.first_error + res.error, static_cast<unsigned long long>(out.row_offset + r));
 }
 
@@ -103,35 +125,40 @@ __global__ void __launch_bounds__(kThreads) prob_loss_forward_kernel(
   const scalar_t* row = logits + r * stride;
   const acc_t z_gold = gold >= 0 ? math::softcap_value(static_cast<acc_t>(row[gold]), prm.softcap) : acc_t(0);
   // Thread 0 seeds the target's logit into the max (it stays out of the exp-sum).
-  LseState<acc_t> st = threadIdx.x == 0 && gold >= 0 ? math::gold_seed(z_gold) : math::lse_empty<acc_t>();
-  acc_t sum_z = 0;
-  st = block_reduce_row(row, prm.vocab, gold, prm.softcap, st, sum_z);
-  if (threadIdx.x == 0) write_row(out, r, math::prob_row_finish(prm, t, st, z_gold, sum_z));
+  RowReduce<acc_t> st{threadIdx.x == 0 && gold >= 0 ? math::gold_seed(z_gold) : math::lse_empty<acc_t>(), acc_t(0),
+                      -std::numeric_limits<acc_t>::infinity()};
+  const acc_t* w = prm.label_smoothing != acc_t(0) ? prm.class_weight : nullptr;
+  st = block_reduce_row(row, prm.vocab, gold, math::columns_before_target(t, prm.ignore_index, 0, prm.vocab),
+                        prm.softcap, w, st);
+  if (threadIdx.x == 0) write_row(out, r, math::prob_row_finish(prm, t, st.lse, z_gold, st.sum_z, st.max_before));
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) prob_tile_reduce_kernel(
     const scalar_t* __restrict__ tile, int64_t cols, int64_t stride, const int64_t* __restrict__ target,
-    int64_t col_offset, int64_t ignore_index, acc_t cap, acc_t* __restrict__ state_max,
-    acc_t* __restrict__ state_sum, acc_t* __restrict__ z_gold, acc_t* __restrict__ state_sum_z) {
+    int64_t col_offset, int64_t ignore_index, acc_t cap, const acc_t* __restrict__ col_weight,
+    acc_t* __restrict__ state_max, acc_t* __restrict__ state_sum, acc_t* __restrict__ z_gold,
+    acc_t* __restrict__ state_sum_z, acc_t* __restrict__ state_max_before) {
   const int64_t r = blockIdx.x;
   const int64_t gold = math::gold_column(target[r], ignore_index, col_offset, cols);
   const scalar_t* row = tile + r * stride;
-  LseState<acc_t> st = math::lse_empty<acc_t>();
-  acc_t sum_z = 0;
+  RowReduce<acc_t> st{math::lse_empty<acc_t>(), acc_t(0), -std::numeric_limits<acc_t>::infinity()};
   acc_t zg = 0;
   if (threadIdx.x == 0) {  // the row's state so far, and the target if it is in this tile
-    st = {state_max[r], state_sum[r]};
+    st.lse = {state_max[r], state_sum[r]};
+    st.max_before = state_max_before[r];
     if (gold >= 0) {
       zg = math::softcap_value(static_cast<acc_t>(row[gold]), cap);
-      st = math::lse_merge(st, math::gold_seed(zg));
+      st.lse = math::lse_merge(st.lse, math::gold_seed(zg));
     }
   }
-  st = block_reduce_row(row, cols, gold, cap, st, sum_z);
+  st = block_reduce_row(row, cols, gold, math::columns_before_target(target[r], ignore_index, col_offset, cols), cap,
+                        col_weight, st);
   if (threadIdx.x == 0) {
-    state_max[r] = st.max;
-    state_sum[r] = st.sum;
-    state_sum_z[r] += sum_z;
+    state_max[r] = st.lse.max;
+    state_sum[r] = st.lse.sum;
+    state_sum_z[r] += st.sum_z;
+    state_max_before[r] = st.max_before;
     if (gold >= 0) z_gold[r] = zg;
   }
 }
@@ -140,18 +167,19 @@ template <typename acc_t>
 __global__ void prob_tile_finish_kernel(int64_t rows, const int64_t* __restrict__ target,
                                         const acc_t* __restrict__ state_max, const acc_t* __restrict__ state_sum,
                                         const acc_t* __restrict__ z_gold, const acc_t* __restrict__ state_sum_z,
-                                        ProbLossParams<acc_t> prm, RowOutputs<acc_t> out) {
+                                        const acc_t* __restrict__ state_max_before, ProbLossParams<acc_t> prm,
+                                        RowOutputs<acc_t> out) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
   write_row(out, r, math::prob_row_finish(prm, target[r], LseState<acc_t>{state_max[r], state_sum[r]},
-                                          z_gold[r], state_sum_z[r]));
+                                          z_gold[r], state_sum_z[r], state_max_before[r]));
 }
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ scalar_t grad_value(acc_t z, int64_t j, int64_t t, math::SoftmaxRef<acc_t> sm,
-                                               const math::ProbRowGrad<acc_t>& g, acc_t cap) {
+                                               const math::ProbRowGrad<acc_t>& g, acc_t cap, const acc_t* w) {
   const acc_t zc = math::softcap_value(z, cap);
-  const acc_t v = j == t ? g.gold : g.a * exp((zc - sm.ref) + sm.shift) - g.c;
+  const acc_t v = j == t ? g.gold : g.a * exp((zc - sm.ref) + sm.shift) - g.c * (w != nullptr ? w[j] : acc_t(1));
   return static_cast<scalar_t>(v * math::softcap_grad(zc, cap));
 }
 
@@ -171,10 +199,14 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
   const bool live = counted[r];
   const int64_t t = target[r] - col_offset;
   const acc_t row_lse = lse[r];
-  const auto g = live ? math::prob_row_grad(prm, grad_loss[r], row_lse, logp[r]) : math::ProbRowGrad<acc_t>{0, 0, 0};
+  const auto g = live ? math::prob_row_grad(prm, grad_loss[r], row_lse, logp[r], math::target_weight(prm, target[r]))
+                      : math::ProbRowGrad<acc_t>{0, 0, 0};
   const bool whole = live && col_offset == 0 && cols == prm.vocab && t >= 0 && t < cols;
   const auto sm = math::softmax_ref(row_lse, live ? logp[r] : acc_t(0), whole,
                                     whole ? math::softcap_value(static_cast<acc_t>(row[t]), prm.softcap) : acc_t(0));
+  // Column weights enter only through label smoothing's c (0 otherwise).
+  const acc_t* w = prm.class_weight != nullptr && prm.label_smoothing != acc_t(0) ? prm.class_weight + col_offset
+                                                                                : nullptr;
   int64_t done = 0;
   if (aligned16(row) && aligned16(out)) {
     const P* in_packs = reinterpret_cast<const P*>(row);
@@ -186,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
         const P pk = in_packs[i];
 #pragma unroll
         for (int k = 0; k < K; ++k)
-          res.v[k] = grad_value<scalar_t>(static_cast<acc_t>(pk.v[k]), i * K + k, t, sm, g, prm.softcap);
+          res.v[k] = grad_value<scalar_t>(static_cast<acc_t>(pk.v[k]), i * K + k, t, sm, g, prm.softcap, w);
       } else {
 #pragma unroll
         for (int k = 0; k < K; ++k) res.v[k] = scalar_t(0);
@@ -196,16 +228,16 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
     done = n_packs * K;
   }
   for (int64_t j = done + threadIdx.x; j < cols; j += blockDim.x)
-    out[j] = live ? grad_value<scalar_t>(static_cast<acc_t>(row[j]), j, t, sm, g, prm.softcap) : scalar_t(0);
+    out[j] = live ? grad_value<scalar_t>(static_cast<acc_t>(row[j]), j, t, sm, g, prm.softcap, w) : scalar_t(0);
 }
 
 // ---- host side -------------------------------------------------------------------------------
 
 template <typename acc_t>
 RowOutputs<acc_t> row_outputs(ProbLossForward& out, RowErrors& errors) {
-  auto& [loss, lse, logp, counted] = out;
+  auto& [loss, lse, logp, counted, correct] = out;
   return {loss.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>(), logp.mutable_data_ptr<acc_t>(),
-          counted.mutable_data_ptr<bool>(), errors.slots(), errors.row_offset};
+          counted.mutable_data_ptr<bool>(), correct.mutable_data_ptr<bool>(), errors.slots(), errors.row_offset};
 }
 
 ProbLossForward forward(const ProbLossInputs& in, RowErrors& errors) {
@@ -263,11 +295,15 @@ void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_o
   AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "objx_prob_tile_reduce", [&] {
     using acc_t = acc_type<scalar_t>;
     const acc_t cap = opt.softcap ? static_cast<acc_t>(*opt.softcap) : acc_t(0);
+    // The class weights enter the sum of the logits, which only label smoothing uses.
+    const acc_t* w = opt.class_weight.defined() && opt.label_smoothing != 0
+                         ? opt.class_weight.const_data_ptr<acc_t>() + col_offset
+                         : nullptr;
     OBJX_LAUNCH(rows, kThreads, 0, stream, prob_tile_reduce_kernel<scalar_t, acc_t>)(
         tile.const_data_ptr<scalar_t>(), tile.size(1), tile.stride(0), target.const_data_ptr<int64_t>(),
-        col_offset, opt.ignore_index, cap, state.max.mutable_data_ptr<acc_t>(),
+        col_offset, opt.ignore_index, cap, w, state.max.mutable_data_ptr<acc_t>(),
         state.sum.mutable_data_ptr<acc_t>(), state.z_gold.mutable_data_ptr<acc_t>(),
-        state.sum_z.mutable_data_ptr<acc_t>());
+        state.sum_z.mutable_data_ptr<acc_t>(), state.max_before.mutable_data_ptr<acc_t>());
     OBJX_LAUNCH_CHECK();
   });
 }
@@ -285,8 +321,8 @@ ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target
     OBJX_LAUNCH((rows + threads - 1) / threads, threads, 0, stream, prob_tile_finish_kernel<acc_t>)(
         rows, target.const_data_ptr<int64_t>(), state.max.const_data_ptr<acc_t>(),
         state.sum.const_data_ptr<acc_t>(), state.z_gold.const_data_ptr<acc_t>(),
-        state.sum_z.const_data_ptr<acc_t>(), make_prob_loss_params<acc_t>(opt, vocab),
-        row_outputs<acc_t>(out, errors));
+        state.sum_z.const_data_ptr<acc_t>(), state.max_before.const_data_ptr<acc_t>(),
+        make_prob_loss_params<acc_t>(opt, vocab), row_outputs<acc_t>(out, errors));
     OBJX_LAUNCH_CHECK();
   });
   return out;

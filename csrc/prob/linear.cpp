@@ -20,7 +20,8 @@
 namespace objx {
 namespace {
 
-using LinearForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using LinearForward =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using LinearGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 void check_linear_inputs(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -54,9 +55,10 @@ void check_linear_inputs(const at::Tensor& hidden, const at::Tensor& weight, con
 }
 
 ProbLossForward scatter_forward(const ProbLossForward& kept, const Rows& rows, int64_t total) {
-  const auto& [loss, lse, logp, counted] = kept;
+  const auto& [loss, lse, logp, counted, correct] = kept;
   return {rows.put(loss, total, 0), rows.put(lse, total, 0),
-          rows.put(logp, total, -std::numeric_limits<double>::infinity()), rows.put(counted, total, false)};
+          rows.put(logp, total, -std::numeric_limits<double>::infinity()), rows.put(counted, total, false),
+          rows.put(correct, total, false)};
 }
 
 // One call's checked inputs: the options, the kept rows and their targets, the GEMMs.
@@ -71,9 +73,10 @@ struct LinearCall {
 
 LinearCall prepare_linear_call(const at::Tensor& hidden, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, const at::Tensor& target, ProbLossOptions opt,
-                               int64_t tile_cols) {
+                               int64_t tile_cols, const std::optional<at::Tensor>& class_weight) {
   check_prob_loss_options(opt);
   check_linear_inputs(hidden, weight, bias, target, tile_cols);
+  set_prob_class_weight(opt, class_weight, hidden, weight.size(0), "objx.linear_prob_loss", "ce_weight");
   const auto acc = acc_dtype(hidden.scalar_type());
   Rows rows = kept_rows(target, opt.ignore_index);
   HeadGemms gemm(rows.take(hidden), weight.contiguous(),
@@ -89,14 +92,15 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
                                        std::string objective, double param, std::optional<double> min_prob,
                                        std::optional<double> max_prob, int64_t ignore_index, double label_smoothing,
                                        double z_loss, std::optional<double> softcap, int64_t tile_cols,
-                                       bool grad_in_forward) {
+                                       bool grad_in_forward, const std::optional<at::Tensor>& class_weight) {
   NvtxRange range("objx::linear_prob_loss_forward");
   // The GEMMs below are implementation detail: never recorded by autograd (objx registers the op's
   // own backward), even when this op is called directly with inputs that require grad.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LinearCall call = prepare_linear_call(
       hidden_in, weight_in, bias_in, target_in,
-      {std::move(objective), param, min_prob, max_prob, ignore_index, label_smoothing, z_loss, softcap}, tile_cols);
+      {std::move(objective), param, min_prob, max_prob, ignore_index, label_smoothing, z_loss, softcap}, tile_cols,
+      class_weight);
   const auto& [opt, rows, gemm, y, total, vocab, dim, acc_opts] = call;
   const at::Tensor& h = gemm.h;
   const bool has_bias = gemm.bias.has_value();
@@ -113,8 +117,8 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
     RowErrors errors(acc_opts);
     const auto fwd = K.tile_finish(state, y, opt, vocab, errors);
     raise_prob_loss_row_errors(errors, y, vocab, opt.ignore_index, rows.numbers());
-    const auto [loss, lse, logp, counted] = scatter_forward(fwd, rows, total);
-    return {loss, lse, logp, counted, none(), none(), none()};
+    const auto [loss, lse, logp, counted, correct] = scatter_forward(fwd, rows, total);
+    return {loss, lse, logp, counted, correct, none(), none(), none()};
   }
 
   // Gradient in the forward (for a scalar-reduced loss): blocks of rows with every column, so each
@@ -124,7 +128,7 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
   auto grad_hidden = at::zeros({n, dim}, acc_opts);
   auto grad_weight = at::zeros({vocab, dim}, acc_opts);
   auto grad_bias = has_bias ? at::zeros({vocab}, acc_opts) : none();
-  std::vector<at::Tensor> losses, lses, logps, counteds;
+  std::vector<at::Tensor> losses, lses, logps, counteds, corrects;
   RowErrors errors(acc_opts);  // read once, after the last block: no host synchronisation per block
   for (int64_t r0 = 0; r0 < n; r0 += block) {
     const int64_t nb = std::min(block, n - r0);
@@ -134,7 +138,7 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
     K.tile_reduce(tile, yb, 0, opt, state);
     errors.row_offset = r0;
     auto fwd = K.tile_finish(state, yb, opt, vocab, errors);
-    const auto& [loss, lse, logp, counted] = fwd;
+    const auto& [loss, lse, logp, counted, correct] = fwd;
     K.tile_grad(tile, yb, 0, ProbLossSaved{at::ones({nb}, acc_opts), lse, logp, counted}, opt, vocab);
     if (has_bias) grad_bias.add_(tile.sum(0));
     const auto g = gemm.grad_input(tile);
@@ -144,15 +148,17 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
     lses.push_back(lse);
     logps.push_back(logp);
     counteds.push_back(counted);
+    corrects.push_back(correct);
   }
   raise_prob_loss_row_errors(errors, y, vocab, opt.ignore_index, rows.numbers());
   const auto cat = [&](const std::vector<at::Tensor>& parts, const at::TensorOptions& o) {
     return parts.empty() ? at::empty({0}, o) : at::cat(parts);
   };
-  const auto [loss, lse, logp, counted] = scatter_forward(
-      {cat(losses, acc_opts), cat(lses, acc_opts), cat(logps, acc_opts), cat(counteds, acc_opts.dtype(at::kBool))},
-      rows, total);
-  return {loss, lse, logp, counted, rows.put(grad_hidden, total, 0), grad_weight, grad_bias};
+  const auto [loss, lse, logp, counted, correct] =
+      scatter_forward({cat(losses, acc_opts), cat(lses, acc_opts), cat(logps, acc_opts),
+                       cat(counteds, acc_opts.dtype(at::kBool)), cat(corrects, acc_opts.dtype(at::kBool))},
+                      rows, total);
+  return {loss, lse, logp, counted, correct, rows.put(grad_hidden, total, 0), grad_weight, grad_bias};
 }
 
 template <const ProbKernels& K>
@@ -161,13 +167,14 @@ LinearGrads linear_prob_loss_backward(const at::Tensor& grad_loss, const at::Ten
                                       const at::Tensor& target_in, const at::Tensor& lse, const at::Tensor& logp,
                                       const at::Tensor& counted, std::string objective, double param,
                                       int64_t ignore_index, double label_smoothing, double z_loss,
-                                      std::optional<double> softcap, int64_t tile_cols) {
+                                      std::optional<double> softcap, int64_t tile_cols,
+                                      const std::optional<at::Tensor>& class_weight) {
   NvtxRange range("objx::linear_prob_loss_backward");
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LinearCall call = prepare_linear_call(
       hidden_in, weight_in, bias_in, target_in,
       {std::move(objective), param, std::nullopt, std::nullopt, ignore_index, label_smoothing, z_loss, softcap},
-      tile_cols);
+      tile_cols, class_weight);
   const auto& [opt, rows, gemm, y, total, vocab, dim, acc_opts] = call;
   const at::Tensor& h = gemm.h;
   const bool has_bias = gemm.bias.has_value();

@@ -117,19 +117,35 @@ math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, in
           static_cast<acc_t>(opt.z_loss),
           opt.softcap ? static_cast<acc_t>(*opt.softcap) : acc_t(0),
           opt.ignore_index,
-          vocab};
+          vocab,
+          opt.class_weight.defined() ? opt.class_weight.const_data_ptr<acc_t>() : nullptr,
+          opt.class_weight.defined() ? opt.class_weight_sum.const_data_ptr<acc_t>() : nullptr};
+}
+
+void set_prob_class_weight(ProbLossOptions& opt, const std::optional<at::Tensor>& weight, const at::Tensor& rows_like,
+                           int64_t vocab, const char* fn, const char* name) {
+  if (!weight) return;
+  TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == vocab, fn, ": ", name, " must be 1-D [V] with V = ",
+                    vocab, ", got shape ", weight->sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(weight->scalar_type()), fn, ": ", name, " must be a floating-point tensor, got ",
+                   weight->scalar_type());
+  TORCH_CHECK_VALUE(weight->device() == rows_like.device(), fn, ": ", name, " is on ", weight->device(),
+                    " but the inputs are on ", rows_like.device());
+  opt.class_weight = weight->to(acc_dtype(rows_like.scalar_type())).contiguous();
+  opt.class_weight_sum = opt.class_weight.sum().reshape({1});
 }
 template math::ProbLossParams<float> make_prob_loss_params<float>(const ProbLossOptions&, int64_t);
 template math::ProbLossParams<double> make_prob_loss_params<double>(const ProbLossOptions&, int64_t);
 
 ProbTileState prob_tile_state(int64_t rows, const at::TensorOptions& acc_options) {
-  return {at::full({rows}, -std::numeric_limits<double>::infinity(), acc_options),
-          at::zeros({rows}, acc_options), at::zeros({rows}, acc_options), at::zeros({rows}, acc_options)};
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  return {at::full({rows}, -inf, acc_options), at::zeros({rows}, acc_options), at::zeros({rows}, acc_options),
+          at::zeros({rows}, acc_options), at::full({rows}, -inf, acc_options)};
 }
 
 ProbLossForward allocate_prob_loss_forward(int64_t rows, const at::TensorOptions& acc_options) {
   return {at::empty({rows}, acc_options), at::empty({rows}, acc_options), at::empty({rows}, acc_options),
-          at::empty({rows}, acc_options.dtype(at::kBool))};
+          at::empty({rows}, acc_options.dtype(at::kBool)), at::empty({rows}, acc_options.dtype(at::kBool))};
 }
 
 void raise_prob_loss_row_errors(const RowErrors& errors, const at::Tensor& target, int64_t vocab,
@@ -151,10 +167,11 @@ template <const ProbKernels& K>
 ProbLossForward prob_loss_forward(const at::Tensor& logits, const at::Tensor& target, std::string objective,
                                   double param, std::optional<double> min_prob, std::optional<double> max_prob,
                                   int64_t ignore_index, double label_smoothing, double z_loss,
-                                  std::optional<double> softcap) {
+                                  std::optional<double> softcap, const std::optional<at::Tensor>& class_weight) {
   NvtxRange range("objx::prob_loss_forward");
-  const auto in = prepare_prob_loss_inputs(
+  auto in = prepare_prob_loss_inputs(
       logits, target, {std::move(objective), param, min_prob, max_prob, ignore_index, label_smoothing, z_loss, softcap});
+  set_prob_class_weight(in.opt, class_weight, in.logits, in.logits.size(1), "objx.prob_loss", "weight");
   RowErrors errors(logits.options());
   auto out = K.forward(in, errors);
   raise_prob_loss_row_errors(errors, in.target, logits.size(1), ignore_index);
@@ -165,11 +182,13 @@ template <const ProbKernels& K>
 at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                               const at::Tensor& lse, const at::Tensor& logp, const at::Tensor& counted,
                               std::string objective, double param, int64_t ignore_index, double label_smoothing,
-                              double z_loss, std::optional<double> softcap) {
+                              double z_loss, std::optional<double> softcap,
+                              const std::optional<at::Tensor>& class_weight) {
   NvtxRange range("objx::prob_loss_backward");
-  const auto in = prepare_prob_loss_inputs(
+  auto in = prepare_prob_loss_inputs(
       logits, target,
       {std::move(objective), param, std::nullopt, std::nullopt, ignore_index, label_smoothing, z_loss, softcap});
+  set_prob_class_weight(in.opt, class_weight, in.logits, in.logits.size(1), "objx.prob_loss", "weight");
   return K.backward(in, prepare_prob_loss_saved(in.logits, grad_loss, lse, logp, counted));
 }
 

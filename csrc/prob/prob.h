@@ -22,12 +22,21 @@ struct ProbLossOptions {
   double label_smoothing;
   double z_loss;
   std::optional<double> softcap;
+  // Class weights (SPEC §1): [V] in the accumulation dtype, contiguous, on the inputs' device, and
+  // their sum as a one-element tensor (no host sync); undefined when unweighted.
+  at::Tensor class_weight;
+  at::Tensor class_weight_sum;
 };
+
+// Checks the class weights a caller passed under the name `name` (fn: the user-facing function)
+// and stores them in opt in the accumulation dtype of `rows_like`.
+void set_prob_class_weight(ProbLossOptions& opt, const std::optional<at::Tensor>& weight, const at::Tensor& rows_like,
+                           int64_t vocab, const char* fn, const char* name);
 
 // Checks the objective and its options; throws a ValueError naming the offending argument.
 void check_prob_loss_options(const ProbLossOptions& opt);
 
-// Parameters for the kernels, in the accumulation type.
+// Parameters for the kernels, in the accumulation type (class-weight pointers included).
 template <typename acc_t>
 math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, int64_t vocab);
 
@@ -50,8 +59,9 @@ struct ProbLossSaved {
 ProbLossSaved prepare_prob_loss_saved(const at::Tensor& rows_like, const at::Tensor& grad_loss, const at::Tensor& lse,
                                       const at::Tensor& logp, const at::Tensor& counted);
 
-// Forward outputs: per-row loss, lse, gold log-probability (accumulation dtype) and the counted mask.
-using ProbLossForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// Forward outputs: per-row loss, lse, gold log-probability (accumulation dtype), the counted mask
+// and `correct` (the row's first argmax is its target).
+using ProbLossForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 ProbLossForward allocate_prob_loss_forward(int64_t rows, const at::TensorOptions& acc_options);
 
 // Turns the error rows an op's kernels found into the user-facing message (one device-to-host read);
@@ -60,10 +70,10 @@ void raise_prob_loss_row_errors(const RowErrors& errors, const at::Tensor& targe
                                 int64_t ignore_index, const at::Tensor& row_numbers = {});
 
 // Per-row running reduction of the fused head across vocabulary tiles (accumulation dtype): online
-// LSE of every logit except the target's, the target's logit once seen, and the sum of the logits
-// (label smoothing).
+// LSE of every logit except the target's, the target's logit once seen, the (class-weighted) sum
+// of the logits (label smoothing) and the largest logit left of the target's column (`correct`).
 struct ProbTileState {
-  at::Tensor max, sum, z_gold, sum_z;
+  at::Tensor max, sum, z_gold, sum_z, max_before;
 };
 ProbTileState prob_tile_state(int64_t rows, const at::TensorOptions& acc_options);
 

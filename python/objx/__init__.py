@@ -6,6 +6,7 @@ objx.tools (bench, CLI, demo)."""
 
 from . import reference, select
 from ._build import build_info
+from ._loss_stats import LossStats
 from .distill.linear import LinearDistillLoss, linear_distill_loss
 from .distill.logits import DistillLoss, distill_loss
 from . import kernels
@@ -20,7 +21,8 @@ from .sft.objective import Objective
 __version__ = build_info()["version"]
 
 __all__ = [
-    "DPOKernelLoss", "DistillLoss", "LinearDistillLoss", "LinearProbLoss", "Objective", "ProbLoss", "build_info",
+    "DPOKernelLoss", "DistillLoss", "LinearDistillLoss", "LinearProbLoss", "LossStats", "Objective", "ProbLoss",
+    "build_info",
     "distill_loss", "dpo_kernel_loss", "f_divergence_score", "kernels", "linear_distill_loss",
     "linear_prob_loss", "linear_token_logprobs", "prob_loss", "reference", "select", "token_logprobs",
     "vocab_divergence",

@@ -5,6 +5,7 @@ from typing import Optional, Union
 
 import torch
 
+from ._class_weights import reduce_weighted_rows
 from ._rows import check_reduction, flatten_rows, reduce_rows
 from ._vocabulary import WHOLE, target_logprob_from
 from .sft.objective import Objective, resolve_objective
@@ -26,18 +27,81 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
               alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
               ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
               z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
+              weight: Optional[torch.Tensor] = None, return_stats: bool = False,
               dtype: torch.dtype = torch.float64, vocab=WHOLE):
     """SPEC §1 in plain PyTorch, computed in `dtype` (float64 by default). `vocab` says how sums over
-    the vocabulary are taken: whole rows, or a vocabulary-parallel shard (objx.parallel.vocab)."""
+    the vocabulary are taken: whole rows, or a vocabulary-parallel shard (objx.parallel.vocab).
+    weight: class weights [V] (SPEC §1, whole rows only); return_stats: also an objx.LossStats
+    (SPEC §1.2), its argmax from torch.argmax."""
     check_reduction(reduction)
     obj = resolve_objective(objective, alpha, min_prob, max_prob)
     z, y = flatten_rows("objx.reference.prob_loss", logits, target)
-    rows, counted, token_prob = prob_loss_rows(z, y, obj, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                                               z_loss=z_loss, softcap=softcap, dtype=dtype, vocab=vocab)
-    loss = reduce_rows(rows, counted, reduction, target.shape)
+    if weight is None:
+        rows, counted, token_prob = prob_loss_rows(z, y, obj, ignore_index=ignore_index,
+                                                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                                                   dtype=dtype, vocab=vocab)
+        loss = reduce_rows(rows, counted, reduction, target.shape)
+        row_weight = counted.to(dtype)
+    else:
+        if vocab is not WHOLE:
+            raise ValueError("objx.reference.prob_loss: weight needs whole rows")
+        rows, counted, token_prob, row_weight = weighted_prob_loss_rows(
+            z, y, obj, weight, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+            softcap=softcap, dtype=dtype)
+        loss = reduce_weighted_rows(rows, row_weight, reduction, target.shape)
+    out = (loss,)
     if return_token_prob:
-        return loss, token_prob.reshape(target.shape)
-    return loss
+        out += (token_prob.reshape(target.shape),)
+    if return_stats:
+        out += (_loss_stats(z, y, row_weight, ignore_index=ignore_index, z_loss=z_loss, softcap=softcap,
+                            reduction=reduction, dtype=dtype, shape=target.shape),)
+    return out[0] if len(out) == 1 else out
+
+
+def weighted_prob_loss_rows(z: torch.Tensor, y: torch.Tensor, obj: Objective, weight: torch.Tensor, *,
+                            ignore_index: int = -100, label_smoothing: float = 0.0, z_loss: float = 0.0,
+                            softcap: Optional[float] = None, dtype: torch.dtype = torch.float64):
+    """prob_loss_rows with class weights (F.cross_entropy's): a counted row's f(p_y) and z-loss
+    scaled by w_y, label smoothing as eps/V Σ_j w_j (-log p_j). Also returns the rows' weights in the
+    reduction (w_y where counted, else 0)."""
+    w = weight.to(dtype).detach()
+    rows, counted, token_prob = prob_loss_rows(z, y, obj, ignore_index=ignore_index, label_smoothing=0.0,
+                                               z_loss=z_loss, softcap=softcap, dtype=dtype)
+    y_safe = torch.where(counted, y, torch.zeros_like(y))
+    row_weight = torch.where(counted, w[y_safe], torch.zeros_like(rows))
+    rows = rows * row_weight
+    if label_smoothing:
+        zs = z.to(dtype)
+        if softcap is not None:
+            zs = softcap * torch.tanh(zs / softcap)
+        zs = torch.where(counted[:, None], zs, torch.zeros_like(zs))
+        log_p = torch.log_softmax(zs, -1)
+        nll = -log_p.gather(1, y_safe[:, None]).squeeze(1)
+        smooth = -(log_p * w).sum(-1) / zs.shape[1]
+        # rows holds w_y (nll + z-loss); trade eps of its nll for the weighted smoothing term.
+        extra = label_smoothing * (smooth - row_weight * nll)
+        rows = rows + torch.where(counted, extra, torch.zeros_like(extra))
+    return rows, counted, token_prob, row_weight
+
+
+def _loss_stats(z, y, row_weight, *, ignore_index, z_loss, softcap, reduction, dtype, shape):
+    """objx.LossStats from the full logits (SPEC §1.2)."""
+    from ._loss_stats import LossStats
+
+    with torch.no_grad():
+        zs = z.to(dtype)
+        if softcap is not None:
+            zs = softcap * torch.tanh(zs / softcap)
+        valid = y != ignore_index
+        y_safe = torch.where(valid, y, torch.zeros_like(y))
+        lse = torch.where(valid, torch.logsumexp(zs, -1), torch.zeros(1, dtype=dtype, device=z.device))
+        p = torch.where(valid, (zs.gather(1, y_safe[:, None]).squeeze(1) - torch.logsumexp(zs, -1)).exp(),
+                        torch.zeros(1, dtype=dtype, device=z.device))
+        correct = valid & (zs.argmax(-1) == y_safe)
+        z_rows = z_loss * lse * lse * row_weight
+        return LossStats(token_prob=p.to(torch.float32).reshape(shape), lse=lse.to(torch.float32).reshape(shape),
+                         correct=correct.reshape(shape),
+                         z_loss=reduce_weighted_rows(z_rows, row_weight, reduction, shape))
 
 
 def prob_loss_rows(z: torch.Tensor, y: torch.Tensor, obj: Objective, *, ignore_index: int = -100,
@@ -88,12 +152,13 @@ def row_loss(obj: Objective, logp: torch.Tensor, lse: torch.Tensor, mean_z: Opti
 
 def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                      bias: Optional[torch.Tensor] = None, objective: Union[str, Objective] = "nll", *,
-                     dtype: torch.dtype = torch.float64, **kwargs):
-    """SPEC §1 fused linear variant: prob_loss(hidden @ weight.T + bias) with the logits built whole."""
+                     ce_weight: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float64, **kwargs):
+    """SPEC §1 fused linear variant: prob_loss(hidden @ weight.T + bias) with the logits built whole;
+    ce_weight: the class weights (prob_loss's weight)."""
     logits = hidden.to(dtype) @ weight.to(dtype).T
     if bias is not None:
         logits = logits + bias.to(dtype)
-    return prob_loss(logits, target, objective, dtype=dtype, **kwargs)
+    return prob_loss(logits, target, objective, dtype=dtype, weight=ce_weight, **kwargs)
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: Optional[torch.Tensor] = None,

@@ -8,6 +8,7 @@ import torch
 
 from .. import _autograd as ag
 from .._rows import check_ignore_index, check_reduction, reduce_rows, rows, rows_target
+from .._shift import shifted_target
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
 from ..parallel.agreement import checked_on_every_rank
@@ -28,7 +29,8 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
                         method: str = "ttm", temperature: float = 1.0, beta: float = 0.5, hard_weight: float = 1.0,
                         soft_weight: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
                         row_block: Optional[int] = None, grad_in_forward: Optional[bool] = None,
-                        return_terms: bool = False, process_group=None, chunk_size: Optional[int] = None):
+                        return_terms: bool = False, shift: bool = False, process_group=None,
+                        chunk_size: Optional[int] = None):
     """distill_loss(student_hidden @ student_weight.T + student_bias, teacher_hidden @ teacher_weight.T
     + teacher_bias, target, ...) without either [N, V] logits tensor.
 
@@ -37,6 +39,7 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
     deprecated alias. grad_in_forward: the student head's gradients are computed in the forward
     (default for "mean"/"sum" when needed; its backward runs once), else the backward recomputes
     both heads' logits block by block.
+    shift: as distill_loss's (hidden states [..., T, D], labels [..., T]).
     process_group: both heads are this rank's vocabulary shard, the hidden states the same on every
     rank (SPEC §4); grad of student_hidden is summed over the group (objx.parallel.losses).
     """
@@ -48,7 +51,12 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
         block = slicing(fn, "row_block", row_block, chunk_size)
         if method not in METHODS:
             raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
-        check_ignore_index(fn, ignore_index)
+        index = check_ignore_index(fn, ignore_index)
+        labels = target
+        if shift:
+            if target is None:
+                raise ValueError(f"{fn}: shift=True needs target (the ignored last positions are marked there)")
+            labels = shifted_target(fn, target, index)
         hs = rows(fn, student_hidden, "student_hidden", last="D")
         shape = student_hidden.shape[:-1]
         ht = rows(fn, teacher_hidden, "teacher_hidden", last="D", leading=shape)
@@ -59,7 +67,7 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
         if teacher_weight.shape[0] != student_weight.shape[0]:
             raise ValueError(f"{fn}: vocabulary mismatch: student_weight has V = {student_weight.shape[0]}, "
                              f"teacher_weight has V = {teacher_weight.shape[0]}")
-        t_rows = rows_target(fn, target, shape, "student_hidden")
+        t_rows = rows_target(fn, labels, shape, "student_hidden", student_hidden.device)
         return (block, hs, ht, shape, t_rows, gathered_weight(student_weight, fn, process_group),
                 gathered_weight(teacher_weight, fn, process_group))
 

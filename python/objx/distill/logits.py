@@ -7,6 +7,7 @@ import torch
 
 from .. import _autograd as ag
 from .._rows import check_devices, check_ignore_index, check_reduction, reduce_rows, rows, rows_target
+from .._shift import shifted_target
 from ..parallel import losses as sharded
 from ..parallel.agreement import checked_on_every_rank
 
@@ -16,13 +17,15 @@ METHODS = ("ttm", "wttm", "kd", "forward_kl", "reverse_kl", "jsd", "tvd")
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: Optional[torch.Tensor] = None,
                  *, method: str = "ttm", temperature: float = 1.0, beta: float = 0.5, hard_weight: float = 1.0,
                  soft_weight: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
-                 return_terms: bool = False, process_group=None):
+                 return_terms: bool = False, shift: bool = False, process_group=None):
     """Per row: hard_weight * CE(target, softmax(student)) + soft_weight * D(method), without the
     [N, V] softmaxes. student/teacher logits [..., V] (same V and dtype); target [...] or None
     (then every row counts and hard_weight must be 0). method: see SPEC §2 — "ttm" matches
     softmax(teacher / T) with the untempered student (the TTM paper's form: T = 1/gamma,
     soft_weight = its beta); "kd" is Hinton's T^2 * KL at temperature T on both.
     return_terms=True also returns a dict of per-row "soft", "hard" and "U" (WTTM's weight).
+    shift=True: [..., T, V] logits and labels [..., T] of whole sequences; position t is scored
+    against label t + 1 and the last position is ignored, without copying the logits (needs target).
     process_group: both logits are this rank's vocabulary shard (SPEC §4; objx.parallel.losses).
     """
     fn = "objx.distill_loss"
@@ -32,6 +35,11 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
         if method not in METHODS:
             raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
         index = check_ignore_index(fn, ignore_index)
+        labels = target
+        if shift:
+            if target is None:
+                raise ValueError(f"{fn}: shift=True needs target (the ignored last positions are marked there)")
+            labels = shifted_target(fn, target, index)
         s = rows(fn, student_logits, "student_logits")
         t = rows(fn, teacher_logits, "teacher_logits")
         if t.shape[-1] != s.shape[-1]:
@@ -41,7 +49,7 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
             raise ValueError(f"{fn}: teacher_logits must have student_logits' leading dims "
                              f"{tuple(student_logits.shape[:-1])}, got {tuple(teacher_logits.shape)}")
         check_devices(fn, "student_logits", student_logits, teacher_logits=teacher_logits)
-        target_rows = rows_target(fn, target, student_logits.shape[:-1], "student_logits", student_logits.device)
+        target_rows = rows_target(fn, labels, student_logits.shape[:-1], "student_logits", student_logits.device)
         return index, s, t, target_rows
 
     # With a process_group an argument error is raised on every rank, none left waiting for it.

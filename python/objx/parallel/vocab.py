@@ -182,7 +182,7 @@ class _TargetRowStats(torch.autograd.Function):
         kernel_target = torch.where(owned, local_target, torch.full_like(local_target, -1))
         if z.shape[1]:
             # The nll kernel gives the shard's LSE on every row, and log p_local for the rows it owns.
-            _loss, lse_local, logp_local, _counted = torch.ops.objx.prob_loss_forward(
+            _loss, lse_local, logp_local, _counted, _correct = torch.ops.objx.prob_loss_forward(
                 z, kernel_target, "nll", 0.0, None, None, -1, 0.0, 0.0, softcap)
         else:  # an empty shard adds nothing
             acc = torch.float64 if z.dtype == torch.float64 else torch.float32

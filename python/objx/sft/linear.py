@@ -7,11 +7,14 @@ from typing import Optional, Union
 import torch
 
 from .. import _autograd as ag
-from .._rows import check_ignore_index, check_reduction, flatten_rows, reduce_rows
+from .._class_weights import check_class_weight
+from .._rows import check_ignore_index, check_reduction, flatten_rows
+from .._shift import shifted_target
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
 from ..parallel.agreement import checked_on_every_rank
 from ..parallel.dtensor import gathered_weight
+from .logits import prob_loss_outputs
 from .objective import Objective, check_extras, resolve_objective
 
 
@@ -49,6 +52,7 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
                      ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                      z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
                      tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
+                     ce_weight: Optional[torch.Tensor] = None, return_stats: bool = False, shift: bool = False,
                      process_group=None, chunk_size: Optional[int] = None):
     """prob_loss(hidden @ weight.T + bias, target, objective, ...) without the [N, V] logits.
 
@@ -58,6 +62,9 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     as many logits (tile_size · N / V rows) at a time. grad_in_forward=True computes the gradients
     during the forward (one GEMM pass fewer; needs reduction "mean" or "sum"); by default it is on
     for those reductions when a gradient will be needed. chunk_size: deprecated alias of tile_size.
+    ce_weight: class weights [V], as prob_loss's weight (Liger's name: weight is the LM head here).
+    return_stats: also return an objx.LossStats, as prob_loss. shift: as prob_loss's (hidden
+    [..., T, D], labels [..., T]; the last positions are dropped before any GEMM).
     process_group: weight (and bias) are this rank's vocabulary shard of the LM head and hidden is
     the same on every rank (SPEC §4); grad_hidden is summed over the group. That path runs in
     PyTorch, in row blocks holding as many logits as a tile (objx.parallel.losses).
@@ -68,15 +75,21 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
         ag.refuse_function_transforms(fn)
         check_reduction(reduction)
         tiles = slicing(fn, "tile_size", tile_size, chunk_size)
-        obj = resolve_objective(objective, alpha, min_prob, max_prob)
+        obj = resolve_objective(objective, alpha, min_prob, max_prob, fn=fn)
         check_extras(fn, obj, label_smoothing, z_loss, softcap)
-        check_ignore_index(fn, ignore_index)
-        rows_hidden, rows_target = flatten_rows(fn, hidden, target, name="hidden", last="D")
+        index = check_ignore_index(fn, ignore_index)
+        labels = shifted_target(fn, target, index) if shift else target
+        rows_hidden, rows_target = flatten_rows(fn, hidden, labels, name="hidden", last="D")
         check_head(fn, rows_hidden, weight, bias)
-        return tiles, obj, rows_hidden, rows_target, gathered_weight(weight, fn, process_group)
+        head = gathered_weight(weight, fn, process_group)
+        class_weight = check_class_weight(fn, "ce_weight", ce_weight, head.shape[0], rows_hidden.device)
+        if process_group is not None and (class_weight is not None or return_stats):
+            raise ValueError(f"{fn}: ce_weight and return_stats are not supported with process_group "
+                             "(vocabulary parallelism) yet")
+        return tiles, obj, index, labels, rows_hidden, rows_target, head, class_weight
 
     # With a process_group an argument error is raised on every rank, none left waiting for it.
-    tile_size, obj, rows_hidden, rows_target, weight = checked_on_every_rank(
+    tile_size, obj, ignore_index, target, rows_hidden, rows_target, weight, ce_weight = checked_on_every_rank(
         fn, process_group, getattr(hidden, "device", None), check)
     if process_group is not None:
         return sharded.linear_prob_loss(
@@ -92,26 +105,25 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
                          "(per-row upstream gradients are unknown in the forward)")
     if tile_size is None:
         tile_size = auto_tile_size(rows_hidden.shape[0], weight.shape[0], hidden.dtype, hidden.device)
-    loss_rows, _lse, token_logprob, counted, *_grads = torch.ops.objx.linear_prob_loss_forward(
+    loss_rows, lse, token_logprob, counted, correct, *_grads = torch.ops.objx.linear_prob_loss_forward(
         rows_hidden, weight, bias, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
         int(ignore_index), float(label_smoothing), float(z_loss), None if softcap is None else float(softcap),
-        tile_size, bool(grad_in_forward))
-    loss = reduce_rows(loss_rows, counted, reduction, target.shape)
-    if return_token_prob:
-        return loss, token_logprob.exp().to(torch.float32).reshape(target.shape)
-    return loss
+        tile_size, bool(grad_in_forward), ce_weight)
+    return prob_loss_outputs(loss_rows, lse, token_logprob, counted, correct, rows_target, target.shape,
+                             weight=ce_weight, ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
+                             return_token_prob=return_token_prob, return_stats=return_stats)
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                           bias: Optional[torch.Tensor] = None, *, ignore_index: int = -100,
-                          tile_size: Optional[int] = None, process_group=None,
+                          tile_size: Optional[int] = None, shift: bool = False, process_group=None,
                           chunk_size: Optional[int] = None) -> torch.Tensor:
     """log p(target) per row of hidden @ weight.T + bias (SPEC §3.1), 0 for ignored rows;
-    differentiable in hidden, weight and bias; the logits are never built. process_group: as in
-    linear_prob_loss; chunk_size: deprecated alias of tile_size."""
+    differentiable in hidden, weight and bias; the logits are never built. shift, process_group: as
+    in linear_prob_loss; chunk_size: deprecated alias of tile_size."""
     tile_size = slicing("objx.linear_token_logprobs", "tile_size", tile_size, chunk_size)
     return -linear_prob_loss(hidden, weight, target, bias, "nll", ignore_index=ignore_index,
-                             reduction="none", tile_size=tile_size, grad_in_forward=False,
+                             reduction="none", tile_size=tile_size, grad_in_forward=False, shift=shift,
                              process_group=process_group)
 
 
@@ -122,18 +134,21 @@ class LinearProbLoss(torch.nn.Module):
                  min_prob: Optional[float] = None, max_prob: Optional[float] = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                  softcap: Optional[float] = None, return_token_prob: bool = False,
-                 tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None, process_group=None,
-                 chunk_size: Optional[int] = None):
+                 tile_size: Optional[int] = None, grad_in_forward: Optional[bool] = None,
+                 ce_weight: Optional[torch.Tensor] = None, return_stats: bool = False, shift: bool = False,
+                 process_group=None, chunk_size: Optional[int] = None):
         super().__init__()
         check_reduction(reduction)
         tile_size = slicing("objx.LinearProbLoss", "tile_size", tile_size, chunk_size)
         self.objective = resolve_objective(objective, alpha, min_prob, max_prob)
         self.kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                            z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
-                           tile_size=tile_size, grad_in_forward=grad_in_forward, process_group=process_group)
+                           tile_size=tile_size, grad_in_forward=grad_in_forward, return_stats=return_stats,
+                           shift=shift, process_group=process_group)
+        self.register_buffer("ce_weight", ce_weight)  # follows the module's .to(device)
 
     def forward(self, hidden, weight, target, bias=None):
-        return linear_prob_loss(hidden, weight, target, bias, self.objective, **self.kwargs)
+        return linear_prob_loss(hidden, weight, target, bias, self.objective, ce_weight=self.ce_weight, **self.kwargs)
 
     def extra_repr(self) -> str:
         return f"objective={self.objective.name!r}, reduction={self.kwargs['reduction']!r}"
@@ -142,7 +157,7 @@ class LinearProbLoss(torch.nn.Module):
 # --- the ops as torch sees them ---------------------------------------------------------------
 
 ag.register_head_fakes("linear_prob_loss_forward", "linear_prob_loss_backward", head=("hidden", "weight", "bias"),
-                       row_outputs=((), (), (), bool))  # loss, lse, token_logprob, counted
+                       row_outputs=((), (), (), bool, bool))  # loss, lse, token_logprob, counted, correct
 ag.register_head_autograd("objx.linear_prob_loss", "linear_prob_loss_forward", "linear_prob_loss_backward",
                           head=("hidden", "weight", "bias"))
 ag.register_head_autocast("linear_prob_loss_forward")

@@ -7,7 +7,10 @@ from typing import Optional, Union
 import torch
 
 from .. import _autograd as ag
+from .._class_weights import check_class_weight, reduce_weighted_rows, target_weights
+from .._loss_stats import loss_stats
 from .._rows import check_ignore_index, check_reduction, flatten_rows, reduce_rows
+from .._shift import shifted_target
 from ..parallel import losses as sharded
 from ..parallel.agreement import checked_on_every_rank
 from .objective import Objective, check_extras, resolve_objective
@@ -17,13 +20,22 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
               alpha: float = 1.0, min_prob: Optional[float] = None, max_prob: Optional[float] = None,
               ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
               z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
+              weight: Optional[torch.Tensor] = None, return_stats: bool = False, shift: bool = False,
               process_group=None):
     """Loss of a probability-based objective f(p_y) over rows of logits [..., V] with targets [...].
 
     objective: "nll" | "power" | "log1m", the paper's "-p" / "-p^K", or an objx.Objective.
     Rows whose target is ignore_index, or whose p_y is outside [min_prob, max_prob], count as 0;
     "mean" divides by the number of counted rows. The full softmax is never materialised.
-    With return_token_prob=True also returns p_y per row (float32, no gradient; 0 where ignored).
+    weight: class weights [V] with F.cross_entropy's semantics: a counted row's loss is scaled by
+    weight[target] (label smoothing weighs each token's term by its own weight) and "mean" divides
+    by the sum of the counted rows' weights. No gradient flows to weight.
+    With return_token_prob=True also returns p_y per row (float32, no gradient; 0 where ignored);
+    with return_stats=True also returns an objx.LossStats (per-row token_prob, lse, correct, and
+    the loss's z-loss part), computed in the same pass. Both: (loss, token_prob, stats).
+    shift=True: logits [..., T, V] and labels [..., T] of whole sequences; position t predicts
+    label t + 1 and the last position is ignored (as logits[..., :-1, :] with labels[..., 1:], but
+    without copying the logits); per-row outputs keep the [..., T] shape, 0 at the last position.
     process_group: logits are this rank's vocabulary shard (SPEC §4; objx.parallel.losses); the
     loss is the unsharded one, the gradient this shard's.
     """
@@ -33,24 +45,50 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
         check_reduction(reduction)
         obj = resolve_objective(objective, alpha, min_prob, max_prob, fn=fn)
         check_extras(fn, obj, label_smoothing, z_loss, softcap)
-        return (obj, check_ignore_index(fn, ignore_index), *flatten_rows(fn, logits, target))
+        index = check_ignore_index(fn, ignore_index)
+        labels = shifted_target(fn, target, index) if shift else target
+        rows_logits, rows_target = flatten_rows(fn, logits, labels)
+        class_weight = check_class_weight(fn, "weight", weight, rows_logits.shape[1], rows_logits.device)
+        if process_group is not None and (class_weight is not None or return_stats):
+            raise ValueError(f"{fn}: weight and return_stats are not supported with process_group "
+                             "(vocabulary parallelism) yet")
+        return obj, index, labels, rows_logits, rows_target, class_weight
 
     # With a process_group an argument error is raised on every rank, none left waiting for it.
-    obj, ignore_index, rows_logits, rows_target = checked_on_every_rank(
+    obj, ignore_index, target, rows_logits, rows_target, weight = checked_on_every_rank(
         fn, process_group, getattr(logits, "device", None), check)
     if process_group is not None:
         return sharded.prob_loss(fn, rows_logits, rows_target, obj, target.shape,
                                  ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                                  z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
                                  process_group=process_group)
-    loss_rows, _lse, token_logprob, counted = torch.ops.objx.prob_loss_forward(
+    loss_rows, lse, token_logprob, counted, correct = torch.ops.objx.prob_loss_forward(
         rows_logits, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
         int(ignore_index), float(label_smoothing), float(z_loss),
-        None if softcap is None else float(softcap))
-    loss = reduce_rows(loss_rows, counted, reduction, target.shape)
+        None if softcap is None else float(softcap), weight)
+    return prob_loss_outputs(loss_rows, lse, token_logprob, counted, correct, rows_target, target.shape,
+                              weight=weight, ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
+                              return_token_prob=return_token_prob, return_stats=return_stats)
+
+
+def prob_loss_outputs(loss_rows, lse, token_logprob, counted, correct, rows_target, shape, *, weight,
+                       ignore_index, reduction, z_loss, return_token_prob, return_stats):
+    """The forward op's rows -> what prob_loss / linear_prob_loss return."""
+    if weight is None:
+        loss = reduce_rows(loss_rows, counted, reduction, shape)
+    else:
+        row_weight = target_weights(weight, rows_target, counted, loss_rows.dtype)
+        loss = reduce_weighted_rows(loss_rows, row_weight, reduction, shape)
+    if not (return_token_prob or return_stats):
+        return loss
+    out = (loss,)
     if return_token_prob:
-        return loss, token_logprob.exp().to(torch.float32).reshape(target.shape)
-    return loss
+        out += (token_logprob.exp().to(torch.float32).reshape(shape),)
+    if return_stats:
+        row_weight = target_weights(weight, rows_target, counted, loss_rows.dtype)
+        out += (loss_stats(token_logprob, lse, correct, rows_target != ignore_index, row_weight, z_loss,
+                           reduction, shape),)
+    return out
 
 
 class ProbLoss(torch.nn.Module):
@@ -60,6 +98,7 @@ class ProbLoss(torch.nn.Module):
                  min_prob: Optional[float] = None, max_prob: Optional[float] = None,
                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                  z_loss: float = 0.0, softcap: Optional[float] = None, return_token_prob: bool = False,
+                 weight: Optional[torch.Tensor] = None, return_stats: bool = False, shift: bool = False,
                  process_group=None):
         super().__init__()
         check_reduction(reduction)
@@ -71,24 +110,30 @@ class ProbLoss(torch.nn.Module):
         self.z_loss = z_loss
         self.softcap = softcap
         self.return_token_prob = return_token_prob
+        self.return_stats = return_stats
+        self.shift = shift
         self.process_group = process_group
+        # A buffer, as torch.nn.CrossEntropyLoss's: it follows the module's .to(device).
+        self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor):
         return prob_loss(logits, target, self.objective, ignore_index=self.ignore_index,
                          reduction=self.reduction, label_smoothing=self.label_smoothing,
                          z_loss=self.z_loss, softcap=self.softcap,
-                         return_token_prob=self.return_token_prob, process_group=self.process_group)
+                         return_token_prob=self.return_token_prob, weight=self.weight,
+                         return_stats=self.return_stats, shift=self.shift, process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return f"objective={self.objective.name!r}, reduction={self.reduction!r}"
 
 
-def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
+def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100, shift: bool = False,
                    process_group=None) -> torch.Tensor:
     """log p(target) per row of logits [..., V] -> [...], 0 where target == ignore_index;
     differentiable, the softmax never built (the nll kernels of prob_loss with reduction="none").
+    shift: as prob_loss's (position t scores label t + 1; 0 at the last position).
     process_group: logits are this rank's vocabulary shard (SPEC §4)."""
-    return -prob_loss(logits, target, "nll", ignore_index=ignore_index, reduction="none",
+    return -prob_loss(logits, target, "nll", ignore_index=ignore_index, reduction="none", shift=shift,
                       process_group=process_group)
 
 
@@ -104,7 +149,8 @@ def _forward_fake(*inputs):
                        lambda: f"objx.prob_loss: target is on {target.device} but logits is on {logits.device}")
     rows, acc = logits.shape[0], ag.acc_dtype(logits.dtype)
     return (logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=acc),
-            logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=torch.bool))
+            logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=torch.bool),
+            logits.new_empty(rows, dtype=torch.bool))
 
 
 ag.register_grad_fake("prob_loss_backward", "logits")

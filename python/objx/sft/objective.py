@@ -38,7 +38,7 @@ class Objective:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"objective must be one of {KINDS} (or '-p', '-p^K'), got {self.kind!r}")
-        if self.kind == "power" and not (self.alpha >= 0 and math.isfinite(self.alpha)):
+        if self.kind == "power" and not 0 <= self.alpha < math.inf:
             raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
         if self.kind == "log1m" and not self.eps > 0:
             raise ValueError(f"log1m eps must be > 0, got {self.eps}")
@@ -139,9 +139,9 @@ def check_extras(fn: str, objective: Objective, label_smoothing=0.0, z_loss=0.0,
     if label_smoothing != 0 and objective.kind != "nll":
         raise ValueError(f"{fn}: label_smoothing is only defined for objective 'nll', got {objective.name!r}")
     z_loss = _number(fn, "z_loss", z_loss)
-    if not (z_loss >= 0 and math.isfinite(z_loss)):
+    if not 0 <= z_loss < math.inf:  # comparisons, not math.isfinite: traced floats are symbolic
         raise ValueError(f"{fn}: z_loss must be a finite number >= 0, got {z_loss}")
     if softcap is not None:
         softcap = _number(fn, "softcap", softcap)
-        if not (softcap > 0 and math.isfinite(softcap)):
+        if not 0 < softcap < math.inf:
             raise ValueError(f"{fn}: softcap must be a finite number > 0, got {softcap}")

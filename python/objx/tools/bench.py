@@ -260,10 +260,19 @@ def dpo_implementations(kind: str, device: torch.device, use_compile: bool) -> d
     return impls
 
 
+@functools.cache
+def _unit_class_weight(vocab: int, device: torch.device) -> torch.Tensor:
+    """Class weights of 1: the weighted kernels' full cost, and the loss the other rows check."""
+    return torch.ones(vocab, device=device)
+
+
 def logits_implementations(objective: Objective, device: torch.device, use_compile: bool) -> dict:
     """name -> (callable(logits, target) -> loss, needs a fresh copy of the input each call)."""
     impls: dict[str, tuple[Callable, bool]] = {
         "objx": (lambda x, y: prob_loss(x, y, objective), False),
+        "objx+weight": (lambda x, y: prob_loss(x, y, objective, weight=_unit_class_weight(x.shape[-1], x.device)),
+                        False),
+        "objx+stats": (lambda x, y: prob_loss(x, y, objective, return_stats=True)[0], False),
         "eager": (functools.partial(eager.prob_loss, objective=objective), False),
     }
     if use_compile:
@@ -285,6 +294,9 @@ def linear_implementations(objective: Objective, device: torch.device, use_compi
     impls: dict[str, tuple[Callable, bool]] = {
         "objx": (lambda h, w, y: linear_prob_loss(h, w, y, objective=objective), False),
         "objx-tiles": (lambda h, w, y: linear_prob_loss(h, w, y, objective=objective, grad_in_forward=False), False),
+        "objx+weight": (lambda h, w, y: linear_prob_loss(h, w, y, objective=objective,
+                                                         ce_weight=_unit_class_weight(w.shape[0], w.device)), False),
+        "objx+stats": (lambda h, w, y: linear_prob_loss(h, w, y, objective=objective, return_stats=True)[0], False),
         "logits+objx": (materialised, False),
         "eager": (eager_fn, False),
     }

@@ -1,0 +1,17 @@
+"""Causal shift without a copy (CCE's shift=True): position t of a sequence predicts label t + 1.
+Instead of slicing the [..., T, V] logits (whose flattening copies them), the targets move: row
+(.., t) gets label t + 1 and the last position of every sequence gets ignore_index, so the kernels
+read the logits where they are and the last position adds 0 to the loss and its gradient."""
+
+import torch
+
+
+def shifted_target(fn: str, target, ignore_index: int) -> torch.Tensor:
+    """labels [..., T] -> [..., T] holding label t + 1 at position t and ignore_index at T - 1."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dim() < 1:
+        raise ValueError(f"{fn}: shift=True needs targets [..., T] with a sequence dim, "
+                         f"got shape {tuple(target.shape)}")
+    last = torch.full_like(target[..., :1], ignore_index)
+    return torch.cat([target[..., 1:], last], dim=-1)
