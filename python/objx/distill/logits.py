@@ -31,6 +31,7 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     fn = "objx.distill_loss"
 
     def check():
+        ag.refuse_function_transforms(fn)
         check_reduction(reduction)
         if method not in METHODS:
             raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")

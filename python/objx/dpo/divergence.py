@@ -31,6 +31,7 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
     fn = "objx.vocab_divergence"
 
     def check():
+        ag.refuse_function_transforms(fn)
         if kind not in KINDS + ("wasserstein",):
             raise ValueError(f"{fn}: kind must be one of {KINDS + ('wasserstein',)}, got {kind!r}")
         z = rows(fn, policy_logits, "policy_logits")

@@ -42,6 +42,7 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     fn = "objx.prob_loss"
 
     def check():
+        ag.refuse_function_transforms(fn)
         check_reduction(reduction)
         obj = resolve_objective(objective, alpha, min_prob, max_prob, fn=fn)
         check_extras(fn, obj, label_smoothing, z_loss, softcap)
