@@ -204,6 +204,8 @@ __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
   const bool whole = live && col_offset == 0 && cols == prm.vocab && t >= 0 && t < cols;
   const auto sm = math::softmax_ref(row_lse, live ? logp[r] : acc_t(0), whole,
                                     whole ? math::softcap_value(static_cast<acc_t>(row[t]), prm.softcap) : acc_t(0));
+  // out may alias the row: every thread has read the target's logit before any thread writes.
+  __syncthreads();
   // Column weights enter only through label smoothing's c (0 otherwise).
   const acc_t* w = prm.class_weight != nullptr && prm.label_smoothing != acc_t(0) ? prm.class_weight + col_offset
                                                                                 : nullptr;
