@@ -183,3 +183,10 @@ def test_distill_row_mismatch_without_target_names_teacher(device):
         with pytest.raises(ValueError, match="teacher_logits") as err:
             objx.distill_loss(student, bad, None, method="kd", hard_weight=0.0)
         assert "target" not in str(err.value)
+
+
+@pytest.mark.parametrize("label_smoothing", [1.5, -0.5])
+def test_reference_refuses_what_the_front_doors_refuse(label_smoothing):
+    z, y = torch.randn(4, 10, dtype=torch.float64), torch.randint(0, 10, (4,))
+    with pytest.raises(ValueError, match=r"objx.reference.prob_loss: label_smoothing must be in \[0, 1\]"):
+        objx.reference.prob_loss(z, y, label_smoothing=label_smoothing)

@@ -8,7 +8,7 @@ import torch
 from ._class_weights import reduce_weighted_rows
 from ._rows import check_reduction, flatten_rows, reduce_rows
 from ._vocabulary import WHOLE, target_logprob_from
-from .sft.objective import Objective, resolve_objective
+from .sft.objective import Objective, check_extras, resolve_objective
 
 
 def _objective_value(obj: Objective, logp: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,8 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     weight: class weights [V] (SPEC §1, whole rows only); return_stats: also an objx.LossStats
     (SPEC §1.2), its argmax from torch.argmax."""
     check_reduction(reduction)
-    obj = resolve_objective(objective, alpha, min_prob, max_prob)
+    obj = resolve_objective(objective, alpha, min_prob, max_prob, fn="objx.reference.prob_loss")
+    check_extras("objx.reference.prob_loss", obj, label_smoothing, z_loss, softcap)
     z, y = flatten_rows("objx.reference.prob_loss", logits, target)
     if weight is None:
         rows, counted, token_prob = prob_loss_rows(z, y, obj, ignore_index=ignore_index,
