@@ -24,10 +24,13 @@ struct RowErrors {
   void note(int kind, int64_t block_row);
 
   struct Found {
-    int64_t bad_target, empty_row, empty_other;  // the op's row numbers, -1 where none
+    int64_t empty_row, empty_other;  // the caller's row numbers, -1 where none
   };
-  // The one device-to-host read of the op.
-  Found read() const;
+  // The one device-to-host read of the op; `row_numbers` (if defined) maps the op's rows to the
+  // caller's (the fused heads' kept rows). Raises the bad-target IndexError itself, naming `fn` and
+  // the value `target` holds at the op's row.
+  Found read(const char* fn, const at::Tensor& target, int64_t vocab, int64_t ignore_index,
+             const at::Tensor& row_numbers = {}) const;
 };
 
 }  // namespace objx

@@ -124,16 +124,10 @@ DistillForward allocate_distill_forward(int64_t rows, const at::TensorOptions& a
 
 void raise_distill_row_errors(const RowErrors& errors, const at::Tensor& target, int64_t vocab, int64_t ignore_index,
                               const at::Tensor& row_numbers) {
-  const auto found = errors.read();
-  const auto number = [&](int64_t r) { return row_numbers.defined() ? row_numbers[r].item<int64_t>() : r; };
-  if (found.bad_target >= 0) {
-    const int64_t value = target[found.bad_target].item<int64_t>();
-    TORCH_CHECK_INDEX(false, "objx.distill_loss: target[", number(found.bad_target), "] = ", value,
-                      " is outside [0, ", vocab, ") and is not ignore_index (", ignore_index, ")");
-  }
-  TORCH_CHECK_VALUE(found.empty_row < 0, "objx.distill_loss: student_logits row ", number(found.empty_row),
+  const auto found = errors.read("objx.distill_loss", target, vocab, ignore_index, row_numbers);
+  TORCH_CHECK_VALUE(found.empty_row < 0, "objx.distill_loss: student_logits row ", found.empty_row,
                     " is -inf everywhere but counts");
-  TORCH_CHECK_VALUE(found.empty_other < 0, "objx.distill_loss: teacher_logits row ", number(found.empty_other),
+  TORCH_CHECK_VALUE(found.empty_other < 0, "objx.distill_loss: teacher_logits row ", found.empty_other,
                     " is -inf everywhere but counts (the teacher puts probability 0 on every token)");
 }
 

@@ -150,14 +150,8 @@ ProbLossForward allocate_prob_loss_forward(int64_t rows, const at::TensorOptions
 
 void raise_prob_loss_row_errors(const RowErrors& errors, const at::Tensor& target, int64_t vocab,
                                 int64_t ignore_index, const at::Tensor& row_numbers) {
-  const auto found = errors.read();
-  const auto number = [&](int64_t r) { return row_numbers.defined() ? row_numbers[r].item<int64_t>() : r; };
-  if (found.bad_target >= 0) {
-    const int64_t value = target[found.bad_target].item<int64_t>();
-    TORCH_CHECK_INDEX(false, "objx.prob_loss: target[", number(found.bad_target), "] = ", value,
-                      " is outside [0, ", vocab, ") and is not ignore_index (", ignore_index, ")");
-  }
-  TORCH_CHECK_VALUE(found.empty_row < 0, "objx.prob_loss: logits row ", number(found.empty_row),
+  const auto found = errors.read("objx.prob_loss", target, vocab, ignore_index, row_numbers);
+  TORCH_CHECK_VALUE(found.empty_row < 0, "objx.prob_loss: logits row ", found.empty_row,
                     " is -inf everywhere but its target counts (every token has probability 0)");
 }
 

@@ -6,8 +6,13 @@ read the logits where they are and the last position adds 0 to the loss and its 
 import torch
 
 
-def shifted_target(fn: str, target, ignore_index: int) -> torch.Tensor:
-    """labels [..., T] -> [..., T] holding label t + 1 at position t and ignore_index at T - 1."""
+def shift_labels(fn: str, target, ignore_index: int, shift: bool):
+    """The targets the rows are scored against: `target` itself, or with shift=True labels [..., T]
+    -> [..., T] holding label t + 1 at position t and ignore_index at T - 1."""
+    if not shift:
+        return target
+    if target is None:
+        raise ValueError(f"{fn}: shift=True needs target (the ignored last positions are marked there)")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
     if target.dim() < 1:

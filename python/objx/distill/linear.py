@@ -8,7 +8,7 @@ import torch
 
 from .. import _autograd as ag
 from .._rows import check_ignore_index, check_reduction, reduce_rows, rows, rows_target
-from .._shift import shifted_target
+from .._shift import shift_labels
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
 from ..parallel.agreement import checked_on_every_rank
@@ -52,11 +52,7 @@ def linear_distill_loss(student_hidden: torch.Tensor, student_weight: torch.Tens
         if method not in METHODS:
             raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
         index = check_ignore_index(fn, ignore_index)
-        labels = target
-        if shift:
-            if target is None:
-                raise ValueError(f"{fn}: shift=True needs target (the ignored last positions are marked there)")
-            labels = shifted_target(fn, target, index)
+        labels = shift_labels(fn, target, index, shift)
         hs = rows(fn, student_hidden, "student_hidden", last="D")
         shape = student_hidden.shape[:-1]
         ht = rows(fn, teacher_hidden, "teacher_hidden", last="D", leading=shape)

@@ -7,7 +7,7 @@ import torch
 
 from .. import _autograd as ag
 from .._rows import check_devices, check_ignore_index, check_reduction, reduce_rows, rows, rows_target
-from .._shift import shifted_target
+from .._shift import shift_labels
 from ..parallel import losses as sharded
 from ..parallel.agreement import checked_on_every_rank
 
@@ -36,11 +36,7 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
         if method not in METHODS:
             raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
         index = check_ignore_index(fn, ignore_index)
-        labels = target
-        if shift:
-            if target is None:
-                raise ValueError(f"{fn}: shift=True needs target (the ignored last positions are marked there)")
-            labels = shifted_target(fn, target, index)
+        labels = shift_labels(fn, target, index, shift)
         s = rows(fn, student_logits, "student_logits")
         t = rows(fn, teacher_logits, "teacher_logits")
         if t.shape[-1] != s.shape[-1]:

@@ -9,7 +9,7 @@ import torch
 from .. import _autograd as ag
 from .._class_weights import check_class_weight
 from .._rows import check_ignore_index, check_reduction, flatten_rows
-from .._shift import shifted_target
+from .._shift import shift_labels
 from .._tiles import slicing, tile_budget_bytes
 from ..parallel import losses as sharded
 from ..parallel.agreement import checked_on_every_rank
@@ -78,7 +78,7 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
         obj = resolve_objective(objective, alpha, min_prob, max_prob, fn=fn)
         check_extras(fn, obj, label_smoothing, z_loss, softcap)
         index = check_ignore_index(fn, ignore_index)
-        labels = shifted_target(fn, target, index) if shift else target
+        labels = shift_labels(fn, target, index, shift)
         rows_hidden, rows_target = flatten_rows(fn, hidden, labels, name="hidden", last="D")
         check_head(fn, rows_hidden, weight, bias)
         head = gathered_weight(weight, fn, process_group)

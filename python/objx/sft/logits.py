@@ -10,7 +10,7 @@ from .. import _autograd as ag
 from .._class_weights import check_class_weight, reduce_weighted_rows, target_weights
 from .._loss_stats import loss_stats
 from .._rows import check_ignore_index, check_reduction, flatten_rows, reduce_rows
-from .._shift import shifted_target
+from .._shift import shift_labels
 from ..parallel import losses as sharded
 from ..parallel.agreement import checked_on_every_rank
 from .objective import Objective, check_extras, resolve_objective
@@ -47,7 +47,7 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
         obj = resolve_objective(objective, alpha, min_prob, max_prob, fn=fn)
         check_extras(fn, obj, label_smoothing, z_loss, softcap)
         index = check_ignore_index(fn, ignore_index)
-        labels = shifted_target(fn, target, index) if shift else target
+        labels = shift_labels(fn, target, index, shift)
         rows_logits, rows_target = flatten_rows(fn, logits, labels)
         class_weight = check_class_weight(fn, "weight", weight, rows_logits.shape[1], rows_logits.device)
         if process_group is not None and (class_weight is not None or return_stats):
