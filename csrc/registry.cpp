@@ -57,10 +57,12 @@ TORCH_LIBRARY(objx, m) {
       "float soft_weight, int ignore_index, int row_block) -> (Tensor grad_hidden, Tensor grad_weight, "
       "Tensor grad_bias)");
   // SPEC §3.4: per-row divergence D(softmax(policy) || softmax(ref)) (0 where mask is false) and
-  // the [N, 4] row statistics of the backward; the reference gets no gradient.
+  // the [N, 4] row statistics of the backward; the reference gets no gradient. whole_rows: the
+  // logits are whole rows, so one with no mass (-inf everywhere) that mask keeps is an error; false
+  // for a vocabulary shard, whose rows may hold none.
   m.def(
       "vocab_divergence_forward(Tensor policy_logits, Tensor ref_logits, str kind, float div_alpha, "
-      "Tensor? mask) -> (Tensor div, Tensor stats)");
+      "Tensor? mask, bool whole_rows=True) -> (Tensor div, Tensor stats)");
   m.def(
       "vocab_divergence_backward(Tensor grad_div, Tensor policy_logits, Tensor ref_logits, Tensor stats, "
       "str kind, float div_alpha, Tensor? mask) -> Tensor");

@@ -76,6 +76,50 @@ def test_equal_distributions_give_zero(device, kind, div_alpha):
         assert policy.grad.abs().max().item() < 1e-12
 
 
+@pytest.mark.parametrize("div_alpha", [1.01, 0.99, 1.001, 10.0, 20.0])
+def test_renyi_float32_near_one_and_at_large_orders(device, div_alpha):
+    """float32 Rényi against the float64 reference where S = Σ p^a q^(1-a) is no help: near a = 1, D =
+    log S / (a - 1) is all in the digits of S - 1 that rounding S loses; at a >= 10, S overflows float32
+    (log S > 88.7, one token 24 nats likelier under the policy) while D is ~23."""
+    policy, ref = make_pair(16, 3000, dtype=torch.float64)
+    if div_alpha >= 10:
+        policy[:, 7] += 12
+        ref[:, 7] -= 12
+        log_s = torch.logsumexp(div_alpha * policy.log_softmax(-1) + (1 - div_alpha) * ref.log_softmax(-1), -1)
+        assert (log_s > 88.8).all()  # the regime tested: S itself is not a float32
+    check(policy.float().to(device), ref.float().to(device), "renyi", div_alpha)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_renyi_is_infinite_where_the_reference_has_no_mass(device, dtype):
+    """q_j = 0 < p_j: Rényi of order a > 1 is +inf (one such token or several), finite for a < 1."""
+    policy, ref = make_pair(4, 200, dtype=dtype, device=device)
+    ref[0, 3] = float("-inf")
+    ref[1, 10:13] = float("-inf")
+    d = objx.vocab_divergence(policy, ref, "renyi", div_alpha=2.0)
+    assert torch.isposinf(d[:2]).all() and torch.isfinite(d[2:]).all(), d
+    below = objx.vocab_divergence(policy, ref, "renyi", div_alpha=0.5)
+    expected = objx.reference.vocab_divergence(policy.double().cpu(), ref.double().cpu(), "renyi", div_alpha=0.5)
+    assert_close(below, expected, TOLERANCES[dtype][0], "renyi(0.5) with q = 0 on some tokens")
+
+
+@pytest.mark.parametrize("kind", ["kl", "js", "renyi", "tv"])
+@pytest.mark.parametrize("which", ["policy_logits", "ref_logits"])
+def test_row_without_mass_is_an_error_unless_masked_out(device, kind, which):
+    """A row whose logits are -inf everywhere is no distribution (D would be NaN): an error naming the
+    argument and the row, unless the mask leaves the row out."""
+    policy, ref = make_pair(6, 50, device=device)
+    (policy if which == "policy_logits" else ref)[3] = float("-inf")
+    with pytest.raises(ValueError, match=f"objx.vocab_divergence: {which} row 3 is -inf everywhere"):
+        objx.vocab_divergence(policy, ref, kind, div_alpha=2.0)
+    mask = torch.ones(6, dtype=torch.bool, device=device)
+    mask[3] = False
+    d = objx.vocab_divergence(policy.requires_grad_(), ref, kind, div_alpha=2.0, mask=mask)
+    assert torch.isfinite(d).all() and d[3] == 0, d
+    d.sum().backward()
+    assert torch.isfinite(policy.grad).all()
+
+
 def test_renyi_tends_to_kl(device):
     policy, ref = make_pair(5, 400, dtype=torch.float64, device=device)
     kl = objx.vocab_divergence(policy, ref, "kl")

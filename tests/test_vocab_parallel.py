@@ -72,6 +72,8 @@ DISAGREEMENTS = {
     "divergence kind": r"objx\.vocab_divergence: the ranks of process_group disagree on kind \(rank 0: 'kl', "
                        r"rank 1: 'js'\)",
     "mask": r"objx\.vocab_divergence: the ranks of process_group disagree on mask",
+    "policy row without mass": r"objx\.vocab_divergence: policy_logits row 3 is -inf everywhere",
+    "reference row without mass": r"objx\.vocab_divergence: ref_logits row 3 is -inf everywhere",
     "hidden": r"objx\.linear_prob_loss: the ranks of process_group disagree on hidden",
     "linear targets": r"objx\.linear_prob_loss: target out of range on rank 1 of 2: row 1 has 20",
     "linear hidden dtype": r"disagree on the dtype of hidden \(rank 0: torch\.float64, rank 1: torch\.float32\)",

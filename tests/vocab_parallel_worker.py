@@ -278,6 +278,28 @@ def check_divergence(c: Checker, group):
             c.close(what + " grad", _grad_local(c, what, out, [ps])[0], _grad_of(ref, [pf])[0][:, part3], 1e-10)
 
         c.run(what, masked)
+    for div_alpha in (10.0, 1.01):
+        # float32 Rényi where S = Σ p^a q^(1-a) overflows (a = 10: one token 17 nats likelier under the
+        # policy, log S > 130) and where D is all in S − 1 (a = 1.01): the shards' log S and S − 1 merge to
+        # the whole row's.
+        g = c.generator(385)
+        p4, q4 = c.randn(g, 6, 61, scale=2), c.randn(g, 6, 61, scale=2)
+        p4[:, 5] += 3
+        q4[:, 5] -= 14
+        p4, q4 = p4.float(), q4.float()
+        part4 = c.split(61)
+        what = f"vocab_divergence renyi({div_alpha}) float32"
+
+        def renyi(div_alpha=div_alpha, what=what):
+            pf, ps = _leaf(p4), _leaf(p4[:, part4])
+            ref = objx.vocab_divergence(pf, q4, "renyi", div_alpha=div_alpha)
+            out = objx.vocab_divergence(ps, q4[:, part4], "renyi", div_alpha=div_alpha, process_group=group)
+            assert torch.isfinite(ref).all(), ref
+            c.close(what, out, ref, TOLERANCES[torch.float32][0])
+            c.close(what + " grad", _grad_local(c, what, out, [ps])[0], _grad_of(ref, [pf])[0][:, part4],
+                    TOLERANCES[torch.float32][1])
+
+        c.run(what, renyi)
     for kind in ("kl", "js"):  # fewer columns than ranks
         g = c.generator(390)
         p2, q2 = c.randn(g, 5, 2), c.randn(g, 5, 2)
@@ -427,6 +449,9 @@ def disagreement_cases(rank: int, world: int, seed: int, device):
     bad_y[1] = 20  # one past the whole vocabulary, on one rank only
     flipped = mask.clone()
     flipped[0] = ~flipped[0]
+    empty_z, empty_t = z.clone(), t.clone()  # row 3 without mass on every shard
+    empty_z[3] = float("-inf")
+    empty_t[3] = float("-inf")
     return [
         ("targets", lambda: objx.prob_loss(z[:, part], other_y if last else y, process_group=group)),
         ("rows", lambda: objx.prob_loss(z[:5 if last else 6, part], y[:5 if last else 6], process_group=group)),
@@ -446,6 +471,10 @@ def disagreement_cases(rank: int, world: int, seed: int, device):
                                                           process_group=group)),
         ("mask", lambda: objx.vocab_divergence(z[:, part], t[:, part], mask=flipped if last else mask,
                                                process_group=group)),
+        ("policy row without mass", lambda: objx.vocab_divergence(empty_z[:, part], t[:, part], "kl",
+                                                                  process_group=group)),
+        ("reference row without mass", lambda: objx.vocab_divergence(z[:, part], empty_t[:, part], "js",
+                                                                     process_group=group)),
         ("hidden", lambda: objx.linear_prob_loss(h + 1e-3 if last else h, w[part], y, process_group=group)),
         ("linear targets", lambda: objx.linear_prob_loss(h, w[part], bad_y if last else y, process_group=group)),
         ("linear hidden dtype", lambda: objx.linear_prob_loss(h.float() if last else h, w[part].float() if last

@@ -41,6 +41,23 @@ inline float exp_poly(float x) {
   return x < -87.5f ? 0.0f : (x != x ? x : y);
 }
 
+// expm1(x): a Taylor polynomial on |x| < 1/2 (the 10th term is below 4e-10 of the result there),
+// where exp(x) - 1 would cancel; exp_poly(x) - 1 elsewhere, which loses at most a bit or two.
+inline float expm1_poly(float x) {
+  float t = 1.0f + x * (1.0f / 9.0f);
+  t = 1.0f + x * (1.0f / 8.0f) * t;
+  t = 1.0f + x * (1.0f / 7.0f) * t;
+  t = 1.0f + x * (1.0f / 6.0f) * t;
+  t = 1.0f + x * (1.0f / 5.0f) * t;
+  t = 1.0f + x * (1.0f / 4.0f) * t;
+  t = 1.0f + x * (1.0f / 3.0f) * t;
+  t = 1.0f + x * 0.5f * t;
+  const float small = x * t;
+  const float big = exp_poly(x) - 1.0f;
+  const float y = (x < 0.5f && x > -0.5f) ? small : big;
+  return x > 88.7f ? std::numeric_limits<float>::infinity() : y;
+}
+
 }  // namespace
 
 OBJX_ISA_CLONES float vec_max(const float* x, int64_t n) {
@@ -85,6 +102,14 @@ OBJX_ISA_CLONES void vec_exp(const float* x, int64_t n, float* out) {
 
 void vec_exp(const double* x, int64_t n, double* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i]);
+}
+
+OBJX_ISA_CLONES void vec_expm1(const float* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = expm1_poly(x[i]);
+}
+
+void vec_expm1(const double* x, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::expm1(x[i]);
 }
 
 OBJX_ISA_CLONES void vec_scaled_softmax(const float* x, int64_t n, float ref, float shift, float a, float c,

@@ -21,6 +21,9 @@ float vec_sum(const float* x, int64_t n);
 // out_j = exp(x_j) (float32 within ~2 ulp; 0 below -87.5, so no subnormal results; float64 exact).
 void vec_exp(const float* x, int64_t n, float* out);
 void vec_exp(const double* x, int64_t n, double* out);
+// out_j = exp(x_j) - 1 (float32 within a few ulp, relative, also near 0; +inf above 88.7; float64 exact).
+void vec_expm1(const float* x, int64_t n, float* out);
+void vec_expm1(const double* x, int64_t n, double* out);
 // out_j = a * exp((x_j - ref) + shift) - c (math::SoftmaxRef: ref = lse, shift = 0, or the target's
 // logit and log p_y).
 void vec_scaled_softmax(const float* x, int64_t n, float ref, float shift, float a, float c, float* out);

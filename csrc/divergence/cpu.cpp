@@ -1,5 +1,6 @@
 // CPU kernels of vocab_divergence (SPEC §3.4): rows in parallel; per row one pass for both
-// log-sum-exps (vectorised), one for the divergence sums, and one in the backward for the gradient.
+// log-sum-exps, one for the divergence sums, and one in the backward for the gradient, each a piece
+// of the row at a time through vectorised exps.
 #include <algorithm>
 #include <cmath>
 
@@ -20,32 +21,147 @@ namespace {
 using math::DivParams;
 using math::DivRow;
 
-// The logs of entries [start, start + n) of a row into a piece, then their exps.
+using math::DivKind;
+
+// Which probabilities a kind's pass needs beside the logs (each is one vectorised exp per entry).
+struct Exps {
+  bool p, q;
+};
+
+Exps sums_exps(DivKind kind) {
+  switch (kind) {
+    case DivKind::kKl: return {true, false};
+    case DivKind::kReverseKl: return {false, true};
+    case DivKind::kHellinger:
+    case DivKind::kBhattacharyya:
+    case DivKind::kAlpha: return {false, false};
+    case DivKind::kRenyi: return {true, false};
+    default: return {true, true};  // js, tv
+  }
+}
+
+Exps grad_exps(DivKind kind) {
+  switch (kind) {
+    case DivKind::kReverseKl:
+    case DivKind::kJs:
+    case DivKind::kTv: return {true, true};
+    default: return {true, false};
+  }
+}
+
+// The logs of entries [start, start + n) of a row into a piece, then the exps `need` asks for.
 template <typename scalar_t, typename acc_t>
-void load_piece(const scalar_t* z, const scalar_t* r, int64_t start, int64_t n, const DivRow<acc_t>& row,
+void load_piece(const scalar_t* z, const scalar_t* r, int64_t start, int64_t n, const DivRow<acc_t>& row, Exps need,
                 PairPiece<acc_t>& piece) {
   for (int64_t i = 0; i < n; ++i) {
     piece.log_p[i] = static_cast<acc_t>(z[start + i]) - row.lse_p;
     piece.log_q[i] = static_cast<acc_t>(r[start + i]) - row.lse_q;
   }
-  piece.take_exps(n);
+  if (need.p) vec_exp(piece.log_p, n, piece.p);
+  if (need.q) vec_exp(piece.log_q, n, piece.q);
 }
 
-// The pass-2 sums (agg, pa) of a row under row.lse_p, row.lse_q.
+// sqrt(p q) = exp((log p + log q) / 2) of a piece's entries, vectorised.
+template <typename acc_t>
+void root_products(const PairPiece<acc_t>& piece, int64_t n, acc_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = acc_t(0.5) * (piece.log_p[i] + piece.log_q[i]);
+  vec_exp(out, n, out);
+}
+
+// One piece's pass-2 terms (math::div_terms), a loop per kind so that the common kinds vectorise;
+// for renyi `aggs` holds log-space summands for a log-sum-exp (see reduce_sums).
+template <typename acc_t>
+void piece_terms(const DivParams<acc_t>& prm, const PairPiece<acc_t>& piece, int64_t n, acc_t* aggs, acc_t* pas) {
+  switch (prm.kind) {
+    case DivKind::kKl:
+      for (int64_t i = 0; i < n; ++i) aggs[i] = math::xlogratio(piece.p[i], piece.log_p[i], piece.log_q[i]);
+      std::fill(pas, pas + n, acc_t(0));
+      return;
+    case DivKind::kReverseKl:
+      for (int64_t i = 0; i < n; ++i) aggs[i] = math::xlogratio(piece.q[i], piece.log_q[i], piece.log_p[i]);
+      std::fill(pas, pas + n, acc_t(0));
+      return;
+    case DivKind::kHellinger:
+    case DivKind::kBhattacharyya:
+      root_products(piece, n, aggs);
+      std::fill(pas, pas + n, acc_t(0));
+      return;
+    case DivKind::kRenyi:
+      for (int64_t i = 0; i < n; ++i) {
+        aggs[i] = math::renyi_log_term(prm.alpha, piece.log_p[i], piece.log_q[i]);
+        pas[i] = (prm.alpha - acc_t(1)) * (piece.log_p[i] - piece.log_q[i]);
+      }
+      vec_expm1(pas, n, pas);
+      for (int64_t i = 0; i < n; ++i) pas[i] = piece.p[i] == acc_t(0) ? acc_t(0) : piece.p[i] * pas[i];
+      return;
+    case DivKind::kAlpha:
+      for (int64_t i = 0; i < n; ++i) aggs[i] = math::div_power_mean(prm.alpha, piece.log_p[i], piece.log_q[i]);
+      std::fill(pas, pas + n, acc_t(0));
+      return;
+    default:
+      for (int64_t i = 0; i < n; ++i) math::div_terms(prm, piece[i], aggs[i], pas[i]);
+  }
+}
+
+// The pass-2 sums (agg, pa) of a row under row.lse_p, row.lse_q; for renyi agg = log S from the
+// log-sum-exp of its summands and their excess (math::renyi_log_sum), pa = the excess.
 template <typename scalar_t, typename acc_t>
 void reduce_sums(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm, DivRow<acc_t>& row) {
   PairPiece<acc_t> piece;
   acc_t aggs[PairPiece<acc_t>::kSize], pas[PairPiece<acc_t>::kSize];
+  const Exps need = sums_exps(prm.kind);
+  const bool renyi = prm.kind == DivKind::kRenyi;
+  math::LseState<acc_t> log_s = math::lse_empty<acc_t>();
   double agg = 0.0, pa = 0.0;
   for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
     const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
-    load_piece(z, r, start, n, row, piece);
-    for (int64_t i = 0; i < n; ++i) math::div_terms(prm, piece[i], aggs[i], pas[i]);
-    agg += piece_sum(aggs, n);
+    load_piece(z, r, start, n, row, need, piece);
+    piece_terms(prm, piece, n, aggs, pas);
+    if (renyi)
+      lse_absorb(log_s.max, log_s.sum, aggs, n);
+    else
+      agg += piece_sum(aggs, n);
     pa += piece_sum(pas, n);
   }
-  row.agg = static_cast<acc_t>(agg);
   row.pa = static_cast<acc_t>(pa);
+  row.agg = renyi ? math::renyi_log_sum(math::lse_finish(log_s), row.pa) : static_cast<acc_t>(agg);
+}
+
+// One piece's gradient d D / d z (math::div_grad) into out, vectorised for the common kinds.
+template <typename acc_t>
+void piece_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, const PairPiece<acc_t>& piece, int64_t n,
+                acc_t* out) {
+  switch (prm.kind) {
+    case DivKind::kKl:
+      for (int64_t i = 0; i < n; ++i) {
+        const acc_t p = piece.p[i];
+        out[i] = p == acc_t(0) ? acc_t(0) : p * (piece.log_p[i] - piece.log_q[i] - row.agg);
+      }
+      return;
+    case DivKind::kHellinger:
+      root_products(piece, n, out);
+      for (int64_t i = 0; i < n; ++i) out[i] = acc_t(0.5) * (piece.p[i] * row.agg - out[i]);
+      return;
+    case DivKind::kBhattacharyya:
+      root_products(piece, n, out);
+      for (int64_t i = 0; i < n; ++i) out[i] = acc_t(0.5) * (piece.p[i] - out[i] / row.agg);
+      return;
+    case DivKind::kRenyi: {  // math::renyi_ratio_excess with both exps vectorised
+      acc_t y[PairPiece<acc_t>::kSize], em1[PairPiece<acc_t>::kSize];
+      for (int64_t i = 0; i < n; ++i) {
+        y[i] = (prm.alpha - acc_t(1)) * (piece.log_p[i] - piece.log_q[i]) - row.agg;
+        out[i] = math::renyi_log_term(prm.alpha, piece.log_p[i], piece.log_q[i]) - row.agg;
+      }
+      vec_expm1(y, n, em1);
+      vec_exp(out, n, out);
+      const acc_t c = prm.alpha / (prm.alpha - acc_t(1));
+      for (int64_t i = 0; i < n; ++i)
+        out[i] = c * (std::fabs(y[i]) < acc_t(0.5) ? piece.p[i] * em1[i] : out[i] - piece.p[i]);
+      return;
+    }
+    default:
+      for (int64_t i = 0; i < n; ++i) out[i] = math::div_grad(prm, row, piece[i]);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
@@ -116,6 +232,8 @@ at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::T
     scalar_t* out_base = grad.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
       PairPiece<acc_t> piece;
+      acc_t grads[PairPiece<acc_t>::kSize];
+      const Exps need = grad_exps(prm.kind);
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* out = out_base + i * vocab;
         if (mask && !mask[i]) {
@@ -126,9 +244,9 @@ at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::T
         const DivRow<acc_t> row{s[0], s[1], s[2], s[3]};
         for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
           const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
-          load_piece(z + i * zs, r + i * rs, start, n, row, piece);
-          for (int64_t j = 0; j < n; ++j)
-            out[start + j] = static_cast<scalar_t>(g[i] * math::div_grad(prm, row, piece[j]));
+          load_piece(z + i * zs, r + i * rs, start, n, row, need, piece);
+          piece_grad(prm, row, piece, n, grads);
+          for (int64_t j = 0; j < n; ++j) out[start + j] = static_cast<scalar_t>(g[i] * grads[j]);
         }
       }
     });

@@ -24,19 +24,25 @@ using math::DivRow;
 
 constexpr int kThreads = 256;
 
-// Pass 2 over one row by the whole block: row.agg and row.pa from row's log-sum-exps.
+// Pass 2 over one row by the whole block: row.agg and row.pa from row's log-sum-exps (for renyi a
+// log-sum-exp of its log-space summands beside their excess, math::renyi_log_sum).
 template <typename scalar_t, typename acc_t>
 __device__ void block_div_sums(const scalar_t* z, const scalar_t* r, const DivParams<acc_t>& prm, DivRow<acc_t>& row) {
   acc_t agg = 0, pa = 0;
+  math::LseState<acc_t> log_s = math::lse_empty<acc_t>();
+  const bool renyi = prm.kind == math::DivKind::kRenyi;  // uniform over the block
   for_rows(z, r, prm.vocab, [&](int64_t, scalar_t zj, scalar_t rj) {
     acc_t a, b;
     math::div_terms(prm, math::prob_pair(static_cast<acc_t>(zj) - row.lse_p, static_cast<acc_t>(rj) - row.lse_q),
                     a, b);
-    agg += a;
+    if (renyi)
+      math::lse_add(log_s, a);
+    else
+      agg += a;
     pa += b;
   });
-  row.agg = block_sum(agg);
   row.pa = block_sum(pa);
+  row.agg = renyi ? math::renyi_log_sum(math::lse_finish(block_lse(log_s)), row.pa) : block_sum(agg);
 }
 
 template <typename scalar_t, typename acc_t>

@@ -61,11 +61,27 @@ DivInputs prepare(const at::Tensor& policy, const at::Tensor& ref, std::string k
   return {std::move(kind), alpha, unit(policy), unit(ref), mask ? mask->contiguous() : at::Tensor()};
 }
 
+// A row that mask keeps whose policy or reference logits are -inf everywhere is not a distribution
+// (its D would be NaN). The forward's stats hold both log-sum-exps (0 where masked out): one
+// device-to-host read of two flags per call, the row's number only on the error path.
+void check_whole_rows(const at::Tensor& stats) {
+  const at::Tensor empty = at::isneginf(stats.narrow(1, 0, 2));
+  const at::Tensor found = empty.any(0).cpu();
+  const bool* f = found.const_data_ptr<bool>();
+  if (!f[0] && !f[1]) return;
+  const int which = f[0] ? 0 : 1;
+  const int64_t row = empty.select(1, which).nonzero().select(1, 0)[0].item<int64_t>();
+  TORCH_CHECK_VALUE(false, kFn, ": ", which == 0 ? "policy_logits" : "ref_logits", " row ", row,
+                    " is -inf everywhere (probability 0 on every token) and the mask does not leave it out");
+}
+
 template <const DivKernels& K>
 DivForward vocab_divergence_forward(const at::Tensor& policy, const at::Tensor& ref, std::string kind,
-                                    double div_alpha, const std::optional<at::Tensor>& mask) {
+                                    double div_alpha, const std::optional<at::Tensor>& mask, bool whole_rows) {
   NvtxRange range("objx::vocab_divergence_forward");
-  return K.forward(prepare(policy, ref, std::move(kind), div_alpha, mask));
+  auto out = K.forward(prepare(policy, ref, std::move(kind), div_alpha, mask));
+  if (whole_rows && policy.size(0) > 0) check_whole_rows(std::get<1>(out));
+  return out;
 }
 
 template <const DivKernels& K>

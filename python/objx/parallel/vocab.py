@@ -312,6 +312,42 @@ def _power_share(a: float, log_w: torch.Tensor, log_v: torch.Tensor) -> torch.Te
     return torch.where(neither, torch.zeros_like(log_coef), torch.exp(log_coef))
 
 
+def _whole_renyi(log_s: torch.Tensor, excess: torch.Tensor, a: float, log_w: torch.Tensor, log_v: torch.Tensor,
+                 group):
+    """Rényi's log S and S − 1 over the whole vocabulary from each shard's (log S_r, S_r − 1) under its own
+    normalisation (the kernel's stats, math::renyi_log_sum): log S is the log-sum-exp over ranks of
+    log(w^a v^(1−a)) + log S_r, S − 1 the sum of w^a v^(1−a) (S_r − 1) + (w^a v^(1−a) − w), whose last term is
+    w expm1((a − 1)(log w − log v)). The same choice between them as the kernel makes."""
+    log_coef = a * log_w + (1 - a) * log_v
+    neither = torch.isneginf(log_w) & torch.isneginf(log_v)
+    log_coef = torch.where(neither, torch.full_like(log_coef, float("-inf")), log_coef)
+    coef = torch.exp(log_coef)
+    share = torch.where(torch.isneginf(log_w), torch.zeros_like(coef),
+                        torch.exp(log_w) * torch.expm1((a - 1) * (log_w - log_v)))
+    part = torch.where(coef == 0, torch.zeros_like(coef), coef * excess) + share
+    # A shard holding none of the power mean's mass adds nothing (its own log S_r may be NaN then).
+    log_term = torch.where(coef == 0, torch.full_like(log_coef, float("-inf")), log_coef + log_s)
+    merged, total = _merge_lse(log_term[:, None], group, part[:, None])
+    lse, whole_excess = merged[:, 0], total[:, 0]
+    window = (whole_excess >= -0.5) & (whole_excess <= 1)
+    return torch.where(window, torch.log1p(whole_excess), lse), whole_excess
+
+
+def _check_whole_rows(whole_lse: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
+    """The unsharded op's whole-row check (a kept row with no mass is no distribution) on the merged
+    log-sum-exps, which every rank holds alike, so every rank raises the same error."""
+    empty = torch.isneginf(whole_lse)
+    if mask is not None:
+        empty &= mask[:, None]
+    found = empty.any(0).tolist()
+    if any(found):
+        which = 0 if found[0] else 1
+        row = int(empty[:, which].nonzero()[0, 0])
+        raise ValueError(f"objx.vocab_divergence: {('policy_logits', 'ref_logits')[which]} row {row} is -inf "
+                         "everywhere (probability 0 on every token, on every rank's shard) and the mask does not "
+                         "leave it out")
+
+
 class _ShardedVocabDivergence(torch.autograd.Function):
     """vocab_divergence per row for KERNEL_DIVERGENCES from objx's kernel on the shard: local row
     statistics (both LSEs, the shard-normalised sum) made whole by MAX + SUM and one more SUM; the
@@ -319,20 +355,24 @@ class _ShardedVocabDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, r, kind, div_alpha, mask, group):
-        _div, local = torch.ops.objx.vocab_divergence_forward(z, r, kind, div_alpha, mask)
+        _div, local = torch.ops.objx.vocab_divergence_forward(z, r, kind, div_alpha, mask, False)
         whole, _ = _merge_lse(local[:, :2], group)
+        _check_whole_rows(whole, mask)
         log_w, log_v = _log_share(local[:, 0], whole[:, 0]), _log_share(local[:, 1], whole[:, 1])
         part = local[:, 2]
-        if kind in ("kl", "reverse_kl"):
-            if kind == "reverse_kl":
-                log_w, log_v = log_v, log_w
-            term = _whole_kl_term(part, log_w, log_v)
+        if kind == "renyi":
+            agg, excess = _whole_renyi(local[:, 2], local[:, 3], div_alpha, log_w, log_v, group)
         else:
-            a = 0.5 if kind in ("hellinger", "bhattacharyya") else div_alpha
-            coef = _power_share(a, log_w, log_v)
-            term = torch.where(coef == 0, torch.zeros_like(part), coef * part)
-        agg = _all_reduce(term, "sum", group)
-        stats = torch.stack([whole[:, 0], whole[:, 1], agg, torch.zeros_like(agg)], 1)
+            if kind in ("kl", "reverse_kl"):
+                if kind == "reverse_kl":
+                    log_w, log_v = log_v, log_w
+                term = _whole_kl_term(part, log_w, log_v)
+            else:
+                a = 0.5 if kind in ("hellinger", "bhattacharyya") else div_alpha
+                coef = _power_share(a, log_w, log_v)
+                term = torch.where(coef == 0, torch.zeros_like(part), coef * part)
+            agg, excess = _all_reduce(term, "sum", group), torch.zeros_like(part)
+        stats = torch.stack([whole[:, 0], whole[:, 1], agg, excess], 1)
         if kind in ("kl", "reverse_kl"):
             div = agg
         elif kind == "hellinger":
@@ -340,7 +380,7 @@ class _ShardedVocabDivergence(torch.autograd.Function):
         elif kind == "bhattacharyya":
             div = -torch.log(agg)
         elif kind == "renyi":
-            div = torch.log(agg) / (div_alpha - 1)
+            div = agg / (div_alpha - 1)  # agg = log S
         else:
             div = (1 - agg) / (div_alpha * (1 - div_alpha))
         if mask is not None:
@@ -369,6 +409,7 @@ class _ShardedSumsDivergence(_ShardedVocabDivergence):
     def forward(ctx, z, r, kind, div_alpha, mask, group):
         lse = torch.ops.objx.row_logsumexp
         whole, _ = _merge_lse(torch.stack([lse(z, 1.0), lse(r, 1.0)], 1), group)
+        _check_whole_rows(whole, mask)
         sums = _all_reduce(torch.ops.objx.vocab_divergence_shard_sums(z, r, whole.contiguous(), kind, div_alpha, mask),
                            "sum", group)
         stats = torch.cat([whole, sums], 1)  # (lse_p, lse_q, agg, pa); D = agg for js and tv
