@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 
 
-def check_class_weight(fn: str, name: str, weight, vocab: Optional[int], device: torch.device) -> Optional[torch.Tensor]:
+def check_class_weight(fn: str, name: str, weight, vocab: Optional[int],
+                       device: torch.device) -> Optional[torch.Tensor]:
     """weight as the kernels take it ([V], floating point, on `device`), or None; `name` is the
     keyword the caller used (weight, or ce_weight where weight is the LM head). vocab None: the
     inputs hold a vocabulary shard, and the sharded loss checks V once the shard sizes are known."""

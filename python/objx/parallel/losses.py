@@ -2,7 +2,9 @@
 vocabulary shard of the logits (or of the LM head) and gets the unsharded loss.
 
 - SFT losses: objx.reference's per-row formula on row statistics objx's kernel computes on the
-  shard (objx.parallel.vocab.target_row_stats); no collective in the backward.
+  shard (objx.parallel.vocab.target_row_stats); no collective in the backward. Class weights are
+  the whole vocabulary's on every rank; they and return_stats add columns to the two all-reduces,
+  never a call. The rows come back as the unsharded forward op's, for the front doors' outputs.
 - Distillation (every method) and the js / tv divergences: objx's kernels on the shard take their
   row sums under the merged whole-vocabulary log-sum-exps (objx.parallel.vocab.distill_soft,
   sums_divergence); no collective in the backward.

@@ -6,7 +6,8 @@ maxima are all-reduced with MAX, sums of exponentials and every other sum over t
 SUM, the target's logit by SUM of the owner's entry.
 
 - target_row_stats: per row, the LSE over the non-target tokens, the target logit (and the row
-  sum), from objx's kernel on the shard; everything the SFT losses need, with a local backward.
+  sum, class-weighted or not, and whether the target is the row's first argmax), from objx's kernel
+  on the shard; everything the SFT losses and their LossStats need, with a local backward.
 - distill_soft (every method) / sums_divergence (js, tv): objx's kernels take the shard's sums
   under the merged whole-vocabulary log-sum-exps; local backward.
 - kernel_divergence: the kl, reverse_kl, hellinger, bhattacharyya, renyi, alpha divergences from
