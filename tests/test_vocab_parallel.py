@@ -90,12 +90,13 @@ DISAGREEMENTS = {
     "weight dtype": r"disagree on the dtype of weight \(rank 0: torch\.float32, rank 1: torch\.float64\)",
     "integer weight on one rank": r"objx\.prob_loss: rank 1 of 2: weight must be a floating-point tensor, got "
                                   r"torch\.int64",
-    "return_stats": r"objx\.prob_loss: the ranks of process_group disagree on return_stats \(rank 0: 0, rank 1: 1\)",
+    "return_stats": r"objx\.prob_loss: the ranks of process_group disagree on return_stats \(rank 0: False, rank 1: True\)",
     "ce_weight of the wrong length": r"objx\.linear_prob_loss: ce_weight must be the whole vocabulary's class weights "
                                      r"\[V\] with V = 20",
     "ce_weight values": r"objx\.linear_prob_loss: the ranks of process_group disagree on ce_weight \(rank 0 and rank 1 "
                         r"pass different values\)",
-    "linear return_stats": r"objx\.linear_prob_loss: the ranks of process_group disagree on return_stats",
+    "linear return_stats": r"objx\.linear_prob_loss: the ranks of process_group disagree on return_stats \(rank 0: "
+                           r"False, rank 1: True\)",
 }
 
 

@@ -118,6 +118,25 @@ def check_prob_loss(c: Checker, group):
 
     c.run("weight only", weight_only)
 
+    def shifted():
+        # shift=True: [B, T, V] shards and [B, T] labels; the per-row stats keep the [B, T] shape.
+        g = c.generator(1150)
+        z, y = make_logits(2 * 7, vocab, dtype=torch.float32, generator=g, device=c.dev)
+        z, y = z.reshape(2, 7, vocab), y.reshape(2, 7)
+        y[0, 4] = -100
+        weight = class_weights(g, vocab, c.dev)
+        part = c.split(vocab)
+        full, shard = _leaf(z), _leaf(z[..., part])
+        kw = dict(weight=weight, label_smoothing=0.1, z_loss=1e-3, return_stats=True, shift=True)
+        ref, ref_stats = objx.prob_loss(full, y, **kw)
+        out, stats = objx.prob_loss(shard, y, process_group=group, **kw)
+        tol_loss, tol_grad = TOLERANCES[torch.float32]
+        c.close("shift loss", out, ref, tol_loss)
+        c.close("shift grad", _grad_local(c, "shift", out, [shard])[0], _grad_of(ref, [full])[0][..., part], tol_grad)
+        close_stats(c, "shift", stats, ref_stats, tol_loss)
+
+    c.run("shift", shifted)
+
     def empty_shard():
         # V = 2 < 3 ranks: one shard is empty; its rank still holds the whole weight.
         g = c.generator(1200)
