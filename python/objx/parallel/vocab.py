@@ -193,8 +193,9 @@ def _argmax_misses(picked, first_in_shard, owned, before, shard_max, row_max) ->
 class _TargetRowStats(torch.autograd.Function):
     """Per row of a vocabulary shard, through objx's kernel: the whole vocabulary's LSE over the
     tokens other than the target (`others`), the target's logit, with want_sum the row sum of the
-    logits (Σ_j w_j z_j when sum_weight, the shard's slice of the class weights, is given) and with
-    want_argmax whether the target is the row's first argmax; softcap is applied first when given.
+    logits (Σ_j w_j z_j when sum_weight, the shard's slice of the class weights, is given) and,
+    given `before` (the rows whose target lies past this shard's columns), whether the target is the
+    row's first argmax (else None); softcap is applied first when given.
     Forward: one kernel pass, then MAX and one SUM all-reduce (the argmax adds a column to each).
     Backward, local: d others / dz_j = exp(z_j - others) off the target, d z_y / dz_j = [j = y],
     d sum / dz_j = w_j (1 unweighted), times the softcap's derivative."""
@@ -211,7 +212,7 @@ class _TargetRowStats(torch.autograd.Function):
             acc = torch.float64 if z.dtype == torch.float64 else torch.float32
             lse_local = torch.full((z.shape[0],), float("-inf"), dtype=acc, device=z.device)
             logp_local = lse_local.clone()
-            first_in_shard = owned  # no rank owns a target in an empty shard
+            first_in_shard = torch.zeros_like(owned)  # an empty shard owns no target
         dtype = lse_local.dtype
         picked = z.gather(1, local_target[:, None]).squeeze(1).to(dtype) if z.shape[1] else lse_local.new_zeros(
             z.shape[0])
