@@ -237,6 +237,7 @@ def check_collectives(c: Checker, group):
     z, y = make_logits(10, vocab, dtype=torch.float32, generator=g, device=c.dev)
     weight = class_weights(g, vocab, c.dev)
     shard = z[:, c.split(vocab)]
+    h, head = c.randn(g, 10, 8, dtype=torch.float32), c.randn(g, vocab, 8, dtype=torch.float32)
     expected = ["all_gather", "max", "sum"]
     for what, kw in (("no options", {}), ("label smoothing", {"label_smoothing": 0.1}),
                      ("weight", {"weight": weight}), ("return_stats", {"return_stats": True}),
@@ -247,6 +248,12 @@ def check_collectives(c: Checker, group):
         c.count += 1
         if log.calls != expected:
             c.failures.append(f"prob_loss {what}: collectives {log.calls}, expected {expected}")
+        linear_kw = {("ce_weight" if k == "weight" else k): v for k, v in kw.items()}
+        with CollectiveLog() as log:  # 10 rows: one row block
+            objx.linear_prob_loss(h, head[c.split(vocab)], y, process_group=group, **linear_kw)
+        c.count += 1
+        if log.calls != expected:
+            c.failures.append(f"linear_prob_loss {what}: collectives {log.calls}, expected {expected}")
 
 
 def main(rank, world, port, seed, out, device="cpu"):
