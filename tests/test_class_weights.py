@@ -170,7 +170,8 @@ def test_bad_weight_is_named(device, fn):
         call([1.0] * 50)
     with pytest.raises(ValueError, match=rf"objx.{fn}: {name} requires grad"):
         call(torch.ones(50, device=device, requires_grad=True))
-    # A real group (one rank): the front doors check their arguments on every rank of it.
+    # A real group (one rank): the front doors check their arguments on every rank of it, and the
+    # sharded loss the whole vocabulary's length once the shard sizes are known.
     import datetime
     import tempfile
 
@@ -180,9 +181,16 @@ def test_bad_weight_is_named(device, fn):
         dist.init_process_group("gloo", init_method=f"file://{store}/store", rank=0, world_size=1,
                                 timeout=datetime.timedelta(seconds=30))
         try:
-            with pytest.raises(ValueError,
-                               match=rf"objx.{fn}: rank 0 of 1: {name} and return_stats are not supported with process_group"):
-                call(torch.ones(50, device=device), process_group=dist.group.WORLD)
+            group = dist.group.WORLD
+            with pytest.raises(ValueError, match=rf"objx.{fn}: {name} must be the whole vocabulary's class weights "
+                                                 rf"\[V\] with V = 50 \(the ranks' shard sizes \[50\] summed\), got "
+                                                 rf"shape \(49,\)"):
+                call(torch.ones(49, device=device), process_group=group)
+            with pytest.raises(ValueError, match=rf"objx.{fn}: rank 0 of 1: {name} must be 1-D \[V\] \(the whole "
+                                                 rf"vocabulary\), got shape \(5, 10\)"):
+                call(torch.ones(5, 10, device=device), process_group=group)
+            with pytest.raises(TypeError, match=rf"objx.{fn}: rank 0 of 1: {name} must be a floating-point tensor"):
+                call(torch.ones(50, dtype=torch.long, device=device), process_group=group)
         finally:
             dist.destroy_process_group()
 

@@ -81,6 +81,24 @@ DISAGREEMENTS = {
     "head width on one rank": r"objx\.linear_prob_loss: rank 1 of 2: weight must be \[V, D\] with D = 8",
     "teacher hidden": r"objx\.linear_distill_loss: the ranks of process_group disagree on teacher_hidden",
     "distill row_block": r"disagree on row_block \(rank 0: 3, rank 1: 2\)",
+    "weight of the wrong length": r"objx\.prob_loss: weight must be the whole vocabulary's class weights \[V\] with "
+                                  r"V = 20 \(the ranks' shard sizes \[10, 10\] summed\), got shape \(19,\); with "
+                                  r"process_group every rank passes the full weight",
+    "shard of the weight on one rank": r"objx\.prob_loss: the ranks of process_group disagree on the length of weight "
+                                       r"\(rank 0: 20, rank 1: 10\)",
+    "weight on one rank only": r"disagree on the length of weight \(rank 0: 20, rank 1: None\)",
+    "weight values": r"objx\.prob_loss: the ranks of process_group disagree on weight \(rank 0 and rank 1 pass "
+                     r"different values\)",
+    "weight dtype": r"disagree on the dtype of weight \(rank 0: torch\.float32, rank 1: torch\.float64\)",
+    "integer weight on one rank": r"objx\.prob_loss: rank 1 of 2: weight must be a floating-point tensor, got "
+                                  r"torch\.int64",
+    "return_stats": r"objx\.prob_loss: the ranks of process_group disagree on return_stats \(rank 0: False, rank 1: True\)",
+    "ce_weight of the wrong length": r"objx\.linear_prob_loss: ce_weight must be the whole vocabulary's class weights "
+                                     r"\[V\] with V = 20",
+    "ce_weight values": r"objx\.linear_prob_loss: the ranks of process_group disagree on ce_weight \(rank 0 and rank 1 "
+                        r"pass different values\)",
+    "linear return_stats": r"objx\.linear_prob_loss: the ranks of process_group disagree on return_stats \(rank 0: "
+                           r"False, rank 1: True\)",
 }
 
 

@@ -452,6 +452,9 @@ def disagreement_cases(rank: int, world: int, seed: int, device):
     empty_z, empty_t = z.clone(), t.clone()  # row 3 without mass on every shard
     empty_z[3] = float("-inf")
     empty_t[3] = float("-inf")
+    weight = (0.5 + torch.rand(20, generator=g)).to(dev)  # class weights: the whole vocabulary's on every rank
+    other_weight = weight.clone()
+    other_weight[7] += 0.25
     return [
         ("targets", lambda: objx.prob_loss(z[:, part], other_y if last else y, process_group=group)),
         ("rows", lambda: objx.prob_loss(z[:5 if last else 6, part], y[:5 if last else 6], process_group=group)),
@@ -487,6 +490,24 @@ def disagreement_cases(rank: int, world: int, seed: int, device):
                                                             process_group=group)),
         ("distill row_block", lambda: objx.linear_distill_loss(h, w[part], ht, wt[part], y,
                                                                row_block=2 if last else 3, process_group=group)),
+        ("weight of the wrong length", lambda: objx.prob_loss(z[:, part], y, weight=weight[:19], process_group=group)),
+        ("shard of the weight on one rank", lambda: objx.prob_loss(z[:, part], y,
+                                                                   weight=weight[part] if last else weight,
+                                                                   process_group=group)),
+        ("weight on one rank only", lambda: objx.prob_loss(z[:, part], y, weight=None if last else weight,
+                                                           process_group=group)),
+        ("weight values", lambda: objx.prob_loss(z[:, part], y, weight=other_weight if last else weight,
+                                                 process_group=group)),
+        ("weight dtype", lambda: objx.prob_loss(z[:, part], y, weight=weight.double() if last else weight,
+                                                process_group=group)),
+        ("integer weight on one rank", lambda: objx.prob_loss(z[:, part], y, weight=weight.long() if last else weight,
+                                                              process_group=group)),
+        ("return_stats", lambda: objx.prob_loss(z[:, part], y, return_stats=last, process_group=group)),
+        ("ce_weight of the wrong length", lambda: objx.linear_prob_loss(h, w[part], y, ce_weight=weight[:19],
+                                                                        process_group=group)),
+        ("ce_weight values", lambda: objx.linear_prob_loss(h, w[part], y, ce_weight=other_weight if last else weight,
+                                                           process_group=group)),
+        ("linear return_stats", lambda: objx.linear_prob_loss(h, w[part], y, return_stats=last, process_group=group)),
     ]
 
 

@@ -6,14 +6,18 @@ from typing import Optional
 import torch
 
 
-def check_class_weight(fn: str, name: str, weight, vocab: int, device: torch.device) -> Optional[torch.Tensor]:
+def check_class_weight(fn: str, name: str, weight, vocab: Optional[int],
+                       device: torch.device) -> Optional[torch.Tensor]:
     """weight as the kernels take it ([V], floating point, on `device`), or None; `name` is the
-    keyword the caller used (weight, or ce_weight where weight is the LM head)."""
+    keyword the caller used (weight, or ce_weight where weight is the LM head). vocab None: the
+    inputs hold a vocabulary shard, and the sharded loss checks V once the shard sizes are known."""
     if weight is None:
         return None
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(weight).__name__}")
-    if weight.dim() != 1 or weight.shape[0] != vocab:
+    if vocab is None and weight.dim() != 1:
+        raise ValueError(f"{fn}: {name} must be 1-D [V] (the whole vocabulary), got shape {tuple(weight.shape)}")
+    if vocab is not None and (weight.dim() != 1 or weight.shape[0] != vocab):
         raise ValueError(f"{fn}: {name} must be 1-D [V] with V = {vocab}, got shape {tuple(weight.shape)}")
     if not weight.dtype.is_floating_point:
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {weight.dtype}")

@@ -31,7 +31,7 @@ _DTYPES = (None, torch.float64, torch.float32, torch.bfloat16, torch.float16, to
 _INT_VIEW = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
 _INT64_MAX = 2**63 - 1
 # The first slot of a scalar field: what kind of value its rank passed.
-_NONE, _INT, _FLOAT, _DTYPE, _STR, _LONG_STR = 1, 2, 3, 4, 5, 6
+_NONE, _INT, _FLOAT, _DTYPE, _STR, _LONG_STR, _BOOL = 1, 2, 3, 4, 5, 6, 7
 
 
 def _signed(value: int) -> int:
@@ -92,7 +92,9 @@ class Agreement:
             self._add(name, "scalar", [_NONE, 0])
         elif isinstance(value, torch.dtype):
             self._add(name, "scalar", [_DTYPE, _DTYPES.index(value) if value in _DTYPES else -1])
-        elif isinstance(value, (bool, int)):
+        elif isinstance(value, bool):
+            self._add(name, "scalar", [_BOOL, int(value)])
+        elif isinstance(value, int):
             self._add(name, "scalar", [_INT, int(value)])
         elif isinstance(value, float):
             self._add(name, "scalar", [_FLOAT, struct.unpack("<q", struct.pack("<d", value))[0]])
@@ -214,6 +216,8 @@ def _describe(value: tuple) -> str:
         return repr((payload % 2**64).to_bytes(8, "little").rstrip(b"\0").decode())
     if tag == _LONG_STR:
         return "a longer string"
+    if tag == _BOOL:
+        return str(bool(payload))
     return str(payload)
 
 

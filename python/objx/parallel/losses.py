@@ -2,7 +2,9 @@
 vocabulary shard of the logits (or of the LM head) and gets the unsharded loss.
 
 - SFT losses: objx.reference's per-row formula on row statistics objx's kernel computes on the
-  shard (objx.parallel.vocab.target_row_stats); no collective in the backward.
+  shard (objx.parallel.vocab.target_row_stats); no collective in the backward. Class weights are
+  the whole vocabulary's on every rank; they and return_stats add columns to the two all-reduces,
+  never a call. The rows come back as the unsharded forward op's, for the front doors' outputs.
 - Distillation (every method) and the js / tv divergences: objx's kernels on the shard take their
   row sums under the merged whole-vocabulary log-sum-exps (objx.parallel.vocab.distill_soft,
   sums_divergence); no collective in the backward.
@@ -25,6 +27,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .. import reference
+from .._class_weights import target_weights
 from .._rows import reduce_rows
 from .._tiles import tile_budget_bytes
 from ..sft.objective import Objective
@@ -114,65 +117,103 @@ def _blocks(fn, rows: int, block: int, *tensors):
     return tuple(torch.cat(parts) for parts in zip(*outs))
 
 
-def _prob_rows(z, y, obj: Objective, vocab: ShardedVocabulary, *, ignore_index, label_smoothing, z_loss, softcap):
-    """SPEC §1 per row from the kernel-computed row statistics (objx.parallel.vocab.target_row_stats):
-    (per-row loss, 0 where not counted; counted; p_y, 0 where ignored)."""
+def _prob_rows(z, y, obj: Objective, vocab: ShardedVocabulary, *, ignore_index, label_smoothing, z_loss, softcap,
+               weight=None, want_correct=False):
+    """SPEC §1 per row from the kernel-computed row statistics (objx.parallel.vocab.target_row_stats),
+    as the unsharded forward op gives them: (per-row loss, times w_y with class weights, 0 where not
+    counted; lse; log p_y, -inf where ignored, no gradient; counted; correct, or None unless
+    want_correct)."""
     if label_smoothing and obj.kind != "nll":
         raise ValueError("label_smoothing is only defined for objective 'nll'")
     valid = y != ignore_index
-    others, z_y, row_sum = target_row_stats(z, torch.where(valid, y, torch.full_like(y, -1)), vocab, softcap=softcap,
-                                            want_sum=bool(label_smoothing))
+    others, z_y, row_sum, first_argmax = target_row_stats(
+        z, torch.where(valid, y, torch.full_like(y, -1)), vocab, softcap=softcap, want_sum=bool(label_smoothing),
+        sum_weight=weight if label_smoothing else None, want_argmax=want_correct)
     logp = target_logprob_from(others, z_y)
     lse = torch.logaddexp(others, z_y)
     with torch.no_grad():
-        p = torch.where(valid, logp.exp(), torch.zeros_like(logp))
+        token_logprob = torch.where(valid, logp, torch.full_like(logp, float("-inf")))
+        p = token_logprob.exp()
         counted = valid.clone()
         if obj.min_prob is not None:
             counted &= ~(p < obj.min_prob)
         if obj.max_prob is not None:
             counted &= ~(p > obj.max_prob)
-    mean_z = row_sum / vocab.total if label_smoothing else None
-    f = reference.row_loss(obj, logp, lse, mean_z, label_smoothing, z_loss)
-    return torch.where(counted, f, torch.zeros_like(f)), counted, p
+    if weight is None:
+        mean_z = row_sum / vocab.total if label_smoothing else None
+        f = reference.row_loss(obj, logp, lse, mean_z, label_smoothing, z_loss)
+    else:
+        # As objx.reference.weighted_prob_loss_rows: w_y (f(p_y) + z-loss), and label smoothing trades
+        # eps of w_y's -log p_y for eps/V Σ_j w_j (-log p_j) = eps/V (Σ_j w_j · lse - Σ_j w_j z_j).
+        w_y = target_weights(weight, y, counted, logp.dtype)
+        f = w_y * reference.row_loss(obj, logp, lse, None, 0.0, z_loss)
+        if label_smoothing:
+            smooth = (weight.to(logp.dtype).sum() * lse - row_sum) / vocab.total
+            f = f + label_smoothing * (smooth + w_y * logp)
+    correct = None if first_argmax is None else first_argmax & valid
+    return torch.where(counted, f, torch.zeros_like(f)), lse, token_logprob, counted, correct
 
 
-def prob_loss(fn: str, z: torch.Tensor, y: torch.Tensor, obj: Objective, shape, *, ignore_index, reduction,
-              label_smoothing, z_loss, softcap, return_token_prob, process_group):
+def _class_weight_fields(agreement: Agreement, name: str, weight: Optional[torch.Tensor], return_stats: bool) -> None:
+    """The class weights every rank passes whole (their length, dtype and values) and return_stats,
+    which adds columns to the collectives."""
+    agreement.same(f"the length of {name}", None if weight is None else int(weight.shape[0]))
+    agreement.same(f"the dtype of {name}", None if weight is None else weight.dtype)
+    agreement.tensor(name, weight)
+    agreement.same("return_stats", bool(return_stats))
+
+
+def _check_class_weight_length(fn: str, name: str, weight: Optional[torch.Tensor], vocab: ShardedVocabulary) -> None:
+    """After the agreement: every rank holds the same length and the same shard sizes, so every
+    rank raises this together."""
+    if weight is not None and weight.shape[0] != vocab.total:
+        raise ValueError(f"{fn}: {name} must be the whole vocabulary's class weights [V] with V = {vocab.total} "
+                         f"(the ranks' shard sizes {vocab.sizes} summed), got shape {tuple(weight.shape)}; with "
+                         f"process_group every rank passes the full {name}, not its shard")
+
+
+def prob_loss_rows(fn: str, z: torch.Tensor, y: torch.Tensor, obj: Objective, *, ignore_index, reduction,
+                   label_smoothing, z_loss, softcap, return_token_prob, weight, return_stats, process_group):
+    """The sharded prob_loss's rows, as objx.prob_loss_forward gives them unsharded (see _prob_rows)."""
     agreement = _agreement(fn, process_group, z.device, z.shape[0], {"logits": z, "target": y})
     _objective_fields(agreement, obj, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                       z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob)
+    _class_weight_fields(agreement, "weight", weight, return_stats)
     agreement.target(y, ignore_index)
     vocab = _vocabulary(fn, agreement, z.shape[-1])
-    rows, counted, p = _prob_rows(z, y, obj, vocab, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                                  z_loss=z_loss, softcap=softcap)
-    loss = reduce_rows(rows, counted, reduction, shape)
-    return (loss, p.to(torch.float32).reshape(shape)) if return_token_prob else loss
+    _check_class_weight_length(fn, "weight", weight, vocab)
+    return _prob_rows(z, y, obj, vocab, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+                      softcap=softcap, weight=weight, want_correct=return_stats)
 
 
-def linear_prob_loss(fn: str, hidden: torch.Tensor, weight: torch.Tensor, bias, y: torch.Tensor, obj: Objective,
-                     shape, *, ignore_index, reduction, label_smoothing, z_loss, softcap, return_token_prob,
-                     process_group, tile_size=None):
+def linear_prob_loss_rows(fn: str, hidden: torch.Tensor, weight: torch.Tensor, bias, y: torch.Tensor, obj: Objective,
+                          *, ignore_index, reduction, label_smoothing, z_loss, softcap, return_token_prob, ce_weight,
+                          return_stats, process_group, tile_size=None):
+    """The sharded linear_prob_loss's rows, as objx.linear_prob_loss_forward gives them unsharded."""
     agreement = _agreement(fn, process_group, hidden.device, hidden.shape[0],
                            {"hidden": hidden, "weight": weight, "bias": bias, "target": y})
     agreement.same("D (hidden's last dim)", int(hidden.shape[1]))
     _objective_fields(agreement, obj, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                       z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob)
+    _class_weight_fields(agreement, "ce_weight", ce_weight, return_stats)
     agreement.same("tile_size", tile_size)  # it sets the row blocks, hence the collectives
     agreement.target(y, ignore_index)
     agreement.tensor("hidden", hidden)
     vocab = _vocabulary(fn, agreement, weight.shape[0])
+    _check_class_weight_length(fn, "ce_weight", ce_weight, vocab)
     dtype = compute_dtype(hidden, weight)
     h = replicated_to_shard(hidden, process_group)  # every rank's shard adds to grad_hidden
 
     def block(h_b, y_b):
-        return _prob_rows(_head(h_b, weight, bias, dtype), y_b, obj, vocab, ignore_index=ignore_index,
-                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+        rows = _prob_rows(_head(h_b, weight, bias, dtype), y_b, obj, vocab, ignore_index=ignore_index,
+                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, weight=ce_weight,
+                          want_correct=return_stats)
+        return rows if return_stats else rows[:-1]  # _blocks concatenates tensors only
 
     # A row block holds as many shard logits as the unsharded head's tile of tile_size columns.
     size = max(1, tile_size * h.shape[0] // vocab.total) if tile_size else _row_block(h.shape[0], vocab, h.device)
-    rows, counted, p = _blocks(block, h.shape[0], size, h, y)
-    loss = reduce_rows(rows, counted, reduction, shape)
-    return (loss, p.to(torch.float32).reshape(shape)) if return_token_prob else loss
+    rows = _blocks(block, h.shape[0], size, h, y)
+    return rows if return_stats else (*rows, None)
 
 
 def _distill_out(rows, counted, terms, reduction, shape, return_terms):
@@ -195,7 +236,7 @@ def _kernel_distill_rows(s, t, y, vocab: ShardedVocabulary, *, ignore_index, met
         hard = torch.zeros_like(soft)
     else:
         counted = y != ignore_index
-        others, z_y, _ = target_row_stats(s, torch.where(counted, y, torch.full_like(y, -1)), vocab)
+        others, z_y, _, _ = target_row_stats(s, torch.where(counted, y, torch.full_like(y, -1)), vocab)
         hard = -target_logprob_from(others, z_y)
     rows = soft_weight * soft + (hard_weight * hard if hard_weight else 0.0)
     return torch.where(counted, rows, torch.zeros_like(rows)), counted, {"soft": soft, "hard": hard, "U": u}

@@ -6,7 +6,8 @@ maxima are all-reduced with MAX, sums of exponentials and every other sum over t
 SUM, the target's logit by SUM of the owner's entry.
 
 - target_row_stats: per row, the LSE over the non-target tokens, the target logit (and the row
-  sum), from objx's kernel on the shard; everything the SFT losses need, with a local backward.
+  sum, class-weighted or not, and whether the target is the row's first argmax), from objx's kernel
+  on the shard; everything the SFT losses and their LossStats need, with a local backward.
 - distill_soft (every method) / sums_divergence (js, tv): objx's kernels take the shard's sums
   under the merged whole-vocabulary log-sum-exps; local backward.
 - kernel_divergence: the kl, reverse_kl, hellinger, bhattacharyya, renyi, alpha divergences from
@@ -44,7 +45,12 @@ def _merge_lse(local_lse: torch.Tensor, group, extra: Optional[torch.Tensor] = N
     """Whole-vocabulary LSEs from every rank's shard LSEs ([N, k], -inf for a shard with no mass):
     MAX, then one SUM of the shifted exponentials that also carries `extra` [N, j] (per-row sums).
     Returns (lse [N, k], summed extra or None)."""
-    m = _all_reduce(local_lse, "max", group)
+    return _merge_lse_under(local_lse, _all_reduce(local_lse, "max", group), group, extra)
+
+
+def _merge_lse_under(local_lse: torch.Tensor, m: torch.Tensor, group, extra: Optional[torch.Tensor] = None):
+    """_merge_lse's SUM, given m = the MAX over ranks of local_lse (for callers whose MAX call carries
+    more maxima)."""
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     shifted = torch.exp(local_lse - m_safe)
     k = local_lse.shape[1]
@@ -170,46 +176,73 @@ def replicated_to_shard(x: torch.Tensor, group) -> torch.Tensor:
     return _ReplicatedToShard.apply(x, group)
 
 
+def _capped(x: torch.Tensor, softcap: Optional[float]) -> torch.Tensor:
+    return x if softcap is None else softcap * torch.tanh(x / softcap)
+
+
+def _argmax_misses(picked, first_in_shard, owned, before, shard_max, row_max) -> torch.Tensor:
+    """Per row, whether this rank sees a reason the target is not the whole row's first argmax (as
+    torch.argmax): all its columns precede the target's and it holds the row max, or it owns the
+    target and the target is below the row max or not its shard's first argmax. Summed over the
+    ranks (as a column of the SUM all-reduce the LSE makes anyway: no extra call), 0 exactly when
+    the target is the first argmax."""
+    misses = (before & (shard_max == row_max)) | (owned & ~(first_in_shard & (picked == row_max)))
+    return misses.to(picked.dtype)
+
+
 class _TargetRowStats(torch.autograd.Function):
     """Per row of a vocabulary shard, through objx's kernel: the whole vocabulary's LSE over the
-    tokens other than the target (`others`), the target's logit and, with want_sum, the sum of the
-    logits; softcap is applied first when given. Forward: one kernel pass, then MAX and one SUM
-    all-reduce. Backward, local: d others / dz_j = exp(z_j - others) off the target, d z_y / dz_j =
-    [j = y], d sum / dz_j = 1 (times the softcap's derivative)."""
+    tokens other than the target (`others`), the target's logit, with want_sum the row sum of the
+    logits (Σ_j w_j z_j when sum_weight, the shard's slice of the class weights, is given) and,
+    given `before` (the rows whose target lies past this shard's columns), whether the target is the
+    row's first argmax (else None); softcap is applied first when given.
+    Forward: one kernel pass, then MAX and one SUM all-reduce (the argmax adds a column to each).
+    Backward, local: d others / dz_j = exp(z_j - others) off the target, d z_y / dz_j = [j = y],
+    d sum / dz_j = w_j (1 unweighted), times the softcap's derivative."""
 
     @staticmethod
-    def forward(ctx, z, local_target, owned, softcap, want_sum, group):
+    def forward(ctx, z, local_target, owned, softcap, want_sum, sum_weight, before, group):
         kernel_target = torch.where(owned, local_target, torch.full_like(local_target, -1))
         if z.shape[1]:
-            # The nll kernel gives the shard's LSE on every row, and log p_local for the rows it owns.
-            _loss, lse_local, logp_local, _counted, _correct = torch.ops.objx.prob_loss_forward(
+            # The nll kernel gives the shard's LSE on every row, log p_local for the rows it owns, and
+            # whether the owned target is the shard's first argmax.
+            _loss, lse_local, logp_local, _counted, first_in_shard = torch.ops.objx.prob_loss_forward(
                 z, kernel_target, "nll", 0.0, None, None, -1, 0.0, 0.0, softcap)
         else:  # an empty shard adds nothing
             acc = torch.float64 if z.dtype == torch.float64 else torch.float32
             lse_local = torch.full((z.shape[0],), float("-inf"), dtype=acc, device=z.device)
             logp_local = lse_local.clone()
+            first_in_shard = torch.zeros_like(owned)  # an empty shard owns no target
         dtype = lse_local.dtype
         picked = z.gather(1, local_target[:, None]).squeeze(1).to(dtype) if z.shape[1] else lse_local.new_zeros(
             z.shape[0])
-        if softcap is not None:
-            picked = softcap * torch.tanh(picked / softcap)
+        picked = _capped(picked, softcap)
         # The shard's others-LSE: lse_local + log(1 - p_local), exact near p_local = 1 (the kernel's log p is).
         owned_others = lse_local + torch.log(-torch.expm1(logp_local))
         others_local = torch.where(owned, owned_others, lse_local)
         sums = [torch.where(owned, picked, torch.zeros_like(picked))]
         if want_sum:
-            capped = z.to(dtype) if softcap is None else softcap * torch.tanh(z.to(dtype) / softcap)
-            sums.append(capped.sum(1))
-        others, total = _merge_lse(others_local[:, None], group, torch.stack(sums, 1))
+            capped = _capped(z.to(dtype), softcap)
+            sums.append(capped.sum(1) if sum_weight is None else capped @ sum_weight.to(dtype))
+        if before is None:
+            maxima = _all_reduce(others_local[:, None], "max", group)
+        else:
+            # The argmax's row max joins the LSE's MAX call; capping is monotone, so cap(max z) = max cap(z).
+            shard_max = _capped(z.amax(1).to(dtype), softcap) if z.shape[1] else torch.full_like(lse_local,
+                                                                                                 float("-inf"))
+            maxima = _all_reduce(torch.stack([others_local, shard_max], 1), "max", group)
+            sums.append(_argmax_misses(picked, first_in_shard, owned, before, shard_max, maxima[:, 1]))
+        others, total = _merge_lse_under(others_local[:, None], maxima[:, :1], group, torch.stack(sums, 1))
         others, z_y = others[:, 0], total[:, 0]
         row_sum = total[:, 1] if want_sum else torch.zeros_like(z_y)
-        ctx.save_for_backward(z, local_target, owned, others)
+        first_argmax = None if before is None else total[:, -1] == 0
+        ctx.save_for_backward(z, local_target, owned, others, sum_weight)
         ctx.softcap, ctx.want_sum = softcap, want_sum
-        return others, z_y, row_sum
+        return others, z_y, row_sum, first_argmax
 
     @staticmethod
-    def backward(ctx, g_others, g_target, g_sum):
-        z, local_target, owned, others = ctx.saved_tensors
+    def backward(ctx, g_others, g_target, g_sum, _g_first_argmax):
+        z, local_target, owned, others, sum_weight = ctx.saved_tensors
         softcap = ctx.softcap
         dtype = others.dtype
         zc = z.to(dtype)
@@ -219,10 +252,17 @@ class _TargetRowStats(torch.autograd.Function):
         finite = torch.isfinite(others)
         grad = (zc - torch.where(finite, others, torch.zeros_like(others))[:, None]).exp_()
         grad.mul_(torch.where(finite, g_others, torch.zeros_like(g_others))[:, None])
+        g_sum_at_target = g_sum
         if ctx.want_sum:
-            grad.add_(g_sum[:, None])
+            if sum_weight is None:
+                grad.add_(g_sum[:, None])
+            else:
+                w = sum_weight.to(dtype)
+                grad.addcmul_(g_sum[:, None], w[None, :])
+                if z.shape[1]:
+                    g_sum_at_target = g_sum * w.gather(0, local_target)
         if z.shape[1]:
-            at_target = torch.where(owned, g_target + g_sum, grad.gather(1, local_target[:, None]).squeeze(1))
+            at_target = torch.where(owned, g_target + g_sum_at_target, grad.gather(1, local_target[:, None]).squeeze(1))
             grad.scatter_(1, local_target[:, None], at_target[:, None])
         if softcap is not None:
             grad.mul_(1 - t * t)
@@ -231,16 +271,23 @@ class _TargetRowStats(torch.autograd.Function):
         if bool(dead.any()):
             grad.masked_fill_(dead[:, None], 0.0)
         grad = ag.first_order_only("objx.parallel: the sharded row statistics", grad.to(z.dtype))[0]
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def target_row_stats(z: torch.Tensor, target: torch.Tensor, vocab: ShardedVocabulary, *, softcap=None,
-                     want_sum: bool = False):
-    """(others, z_y, row sum) per row over the whole vocabulary for targets given in global indices
-    (rows whose target no rank owns, such as ignored ones, get z_y = 0 and others = the LSE)."""
+                     want_sum: bool = False, sum_weight: Optional[torch.Tensor] = None, want_argmax: bool = False):
+    """(others, z_y, row sum, first argmax) per row over the whole vocabulary for targets given in
+    global indices (rows whose target no rank owns, such as ignored ones, get z_y = 0 and others =
+    the LSE). sum_weight: the whole vocabulary's class weights [V]; the row sum is then Σ_j w_j z_j.
+    first argmax (None unless want_argmax): whether the target is the row's first argmax, as
+    torch.argmax of the (soft-capped) logits; True on rows whose target no rank owns."""
     owned, local = vocab.owned(target)
+    if sum_weight is not None:
+        sum_weight = sum_weight[vocab.offset:vocab.offset + vocab.local_size].contiguous()
+    # Rows whose target lies past every column of this shard: its maxima precede the target.
+    before = target >= vocab.offset + vocab.local_size if want_argmax else None
     return _TargetRowStats.apply(z.contiguous(), local, owned, None if softcap is None else float(softcap),
-                                 bool(want_sum), vocab.group)
+                                 bool(want_sum), sum_weight, before, vocab.group)
 
 
 class _ShardedDistillSoft(torch.autograd.Function):

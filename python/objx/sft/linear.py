@@ -66,8 +66,9 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
     return_stats: also return an objx.LossStats, as prob_loss. shift: as prob_loss's (hidden
     [..., T, D], labels [..., T]; the last positions are dropped before any GEMM).
     process_group: weight (and bias) are this rank's vocabulary shard of the LM head and hidden is
-    the same on every rank (SPEC §4); grad_hidden is summed over the group. That path runs in
-    PyTorch, in row blocks holding as many logits as a tile (objx.parallel.losses).
+    the same on every rank (SPEC §4); grad_hidden is summed over the group; ce_weight is the whole
+    vocabulary's [V] on every rank. That path runs in PyTorch, in row blocks holding as many logits
+    as a tile (objx.parallel.losses).
     """
     fn = "objx.linear_prob_loss"
 
@@ -82,20 +83,22 @@ def linear_prob_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.T
         rows_hidden, rows_target = flatten_rows(fn, hidden, labels, name="hidden", last="D")
         check_head(fn, rows_hidden, weight, bias)
         head = gathered_weight(weight, fn, process_group)
-        class_weight = check_class_weight(fn, "ce_weight", ce_weight, head.shape[0], rows_hidden.device)
-        if process_group is not None and (class_weight is not None or return_stats):
-            raise ValueError(f"{fn}: ce_weight and return_stats are not supported with process_group "
-                             "(vocabulary parallelism) yet")
+        # With a process_group the head holds a shard and ce_weight the whole vocabulary (its V is checked there).
+        class_weight = check_class_weight(fn, "ce_weight", ce_weight, None if process_group is not None else
+                                          head.shape[0], rows_hidden.device)
         return tiles, obj, index, labels, rows_hidden, rows_target, head, class_weight
 
     # With a process_group an argument error is raised on every rank, none left waiting for it.
     tile_size, obj, ignore_index, target, rows_hidden, rows_target, weight, ce_weight = checked_on_every_rank(
         fn, process_group, getattr(hidden, "device", None), check)
     if process_group is not None:
-        return sharded.linear_prob_loss(
-            fn, rows_hidden, weight, bias, rows_target, obj, target.shape,
-            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-            softcap=softcap, return_token_prob=return_token_prob, process_group=process_group, tile_size=tile_size)
+        loss_rows, lse, token_logprob, counted, correct = sharded.linear_prob_loss_rows(
+            fn, rows_hidden, weight, bias, rows_target, obj, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
+            ce_weight=ce_weight, return_stats=return_stats, process_group=process_group, tile_size=tile_size)
+        return prob_loss_outputs(loss_rows, lse, token_logprob, counted, correct, rows_target, target.shape,
+                                 weight=ce_weight, ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
+                                 return_token_prob=return_token_prob, return_stats=return_stats)
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     if grad_in_forward is None:

@@ -29,7 +29,8 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
     "mean" divides by the number of counted rows. The full softmax is never materialised.
     weight: class weights [V] with F.cross_entropy's semantics: a counted row's loss is scaled by
     weight[target] (label smoothing weighs each token's term by its own weight) and "mean" divides
-    by the sum of the counted rows' weights. No gradient flows to weight.
+    by the sum of the counted rows' weights. No gradient flows to weight. With process_group every
+    rank passes the whole vocabulary's weight [V], not its shard.
     With return_token_prob=True also returns p_y per row (float32, no gradient; 0 where ignored);
     with return_stats=True also returns an objx.LossStats (per-row token_prob, lse, correct, and
     the loss's z-loss part), computed in the same pass. Both: (loss, token_prob, stats).
@@ -49,24 +50,24 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
         index = check_ignore_index(fn, ignore_index)
         labels = shift_labels(fn, target, index, shift)
         rows_logits, rows_target = flatten_rows(fn, logits, labels)
-        class_weight = check_class_weight(fn, "weight", weight, rows_logits.shape[1], rows_logits.device)
-        if process_group is not None and (class_weight is not None or return_stats):
-            raise ValueError(f"{fn}: weight and return_stats are not supported with process_group "
-                             "(vocabulary parallelism) yet")
+        # With a process_group the logits hold a shard and weight the whole vocabulary (its V is checked there).
+        class_weight = check_class_weight(fn, "weight", weight, None if process_group is not None else
+                                          rows_logits.shape[1], rows_logits.device)
         return obj, index, labels, rows_logits, rows_target, class_weight
 
     # With a process_group an argument error is raised on every rank, none left waiting for it.
     obj, ignore_index, target, rows_logits, rows_target, weight = checked_on_every_rank(
         fn, process_group, getattr(logits, "device", None), check)
     if process_group is not None:
-        return sharded.prob_loss(fn, rows_logits, rows_target, obj, target.shape,
-                                 ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                                 z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
-                                 process_group=process_group)
-    loss_rows, lse, token_logprob, counted, correct = torch.ops.objx.prob_loss_forward(
-        rows_logits, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
-        int(ignore_index), float(label_smoothing), float(z_loss),
-        None if softcap is None else float(softcap), weight)
+        loss_rows, lse, token_logprob, counted, correct = sharded.prob_loss_rows(
+            fn, rows_logits, rows_target, obj, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, return_token_prob=return_token_prob,
+            weight=weight, return_stats=return_stats, process_group=process_group)
+    else:
+        loss_rows, lse, token_logprob, counted, correct = torch.ops.objx.prob_loss_forward(
+            rows_logits, rows_target, obj.kind, float(obj.param), obj.min_prob, obj.max_prob,
+            int(ignore_index), float(label_smoothing), float(z_loss),
+            None if softcap is None else float(softcap), weight)
     return prob_loss_outputs(loss_rows, lse, token_logprob, counted, correct, rows_target, target.shape,
                               weight=weight, ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
                               return_token_prob=return_token_prob, return_stats=return_stats)
