@@ -128,6 +128,76 @@ float lse_absorb(float& max, float& sum, const float* x, int64_t n) {
   return cm;
 }
 
+namespace {
+
+// The exps first, then both sums: one loop with the float64 weighted lanes and the exp did not vectorise.
+OBJX_ISA_CLONES void sum_exp_weighted(const float* x, const float* y, int64_t n, float shift, float& sum,
+                                      double& weighted) {
+  constexpr int64_t kChunk = 256;
+  float e[kChunk];
+  float acc[kLanes] = {};
+  double wacc[kLanes] = {};
+  float tail = 0.0f;
+  double wtail = 0.0;
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t m = n - start < kChunk ? n - start : kChunk;
+    const float* xs = x + start;
+    const float* ys = y + start;
+    for (int64_t i = 0; i < m; ++i) e[i] = exp_poly(xs[i] - shift);
+    int64_t i = 0;
+    for (; i + kLanes <= m; i += kLanes)
+      for (int k = 0; k < kLanes; ++k) {
+        acc[k] += e[i + k];
+        wacc[k] += static_cast<double>(e[i + k] == 0.0f ? 0.0f : e[i + k] * ys[i + k]);
+      }
+    for (; i < m; ++i) {
+      tail += e[i];
+      wtail += static_cast<double>(e[i] == 0.0f ? 0.0f : e[i] * ys[i]);
+    }
+  }
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) {
+      acc[k] += acc[k + w];
+      wacc[k] += wacc[k + w];
+    }
+  sum = acc[0] + tail;
+  weighted = wacc[0] + wtail;
+}
+
+}  // namespace
+
+void lse_absorb_weighted(float& max, float& sum, double& weighted, const float* x, const float* y, int64_t n) {
+  if (n <= 0) return;
+  const float cm = vec_max(x, n);
+  const float m = max > cm ? max : cm;
+  const float shift = m == -std::numeric_limits<float>::infinity() ? 0.0f : m;
+  const float rescale = max == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(max - shift);
+  float piece;
+  double wpiece;
+  sum_exp_weighted(x, y, n, shift, piece, wpiece);
+  sum = sum * rescale + piece;
+  weighted = weighted * rescale + wpiece;
+  max = m;
+}
+
+void lse_absorb_weighted(double& max, double& sum, double& weighted, const double* x, const double* y, int64_t n) {
+  if (n <= 0) return;
+  double cm = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) cm = x[i] > cm ? x[i] : cm;
+  const double m = max > cm ? max : cm;
+  const double shift = m == -std::numeric_limits<double>::infinity() ? 0.0 : m;
+  double piece = 0.0, wpiece = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double e = std::exp(x[i] - shift);
+    piece += e;
+    wpiece += e == 0.0 ? 0.0 : e * y[i];
+  }
+  const double rescale = max == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(max - shift);
+  sum = sum * rescale + piece;
+  weighted = weighted * rescale + wpiece;
+  max = m;
+}
+
 // float64: plain loops with exact std::exp (two passes: max, then the shifted sum).
 double lse_absorb(double& max, double& sum, const double* x, int64_t n) {
   if (n <= 0) return -std::numeric_limits<double>::infinity();

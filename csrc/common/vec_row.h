@@ -32,5 +32,9 @@ void vec_scaled_softmax(const float* x, int64_t n, float ref, float shift, float
 // piece's own max (-inf for n <= 0; NaN ignored, as vec_max).
 float lse_absorb(float& max, float& sum, const float* x, int64_t n);
 double lse_absorb(double& max, double& sum, const double* x, int64_t n);
+// lse_absorb that also folds y, weighted by the same exponentials, into `weighted` (sum of
+// exp(x_j - max) y_j, in float64 lanes; an x_j of -inf adds nothing whatever y_j is).
+void lse_absorb_weighted(float& max, float& sum, double& weighted, const float* x, const float* y, int64_t n);
+void lse_absorb_weighted(double& max, double& sum, double& weighted, const double* x, const double* y, int64_t n);
 
 }  // namespace objx

@@ -28,14 +28,15 @@ struct Exps {
   bool p, q;
 };
 
-Exps sums_exps(DivKind kind) {
-  switch (kind) {
+template <typename acc_t>
+Exps sums_exps(const DivParams<acc_t>& prm) {
+  switch (prm.kind) {
     case DivKind::kKl: return {true, false};
     case DivKind::kReverseKl: return {false, true};
     case DivKind::kHellinger:
     case DivKind::kBhattacharyya:
     case DivKind::kAlpha: return {false, false};
-    case DivKind::kRenyi: return {true, false};
+    case DivKind::kRenyi: return {math::renyi_near_one(prm.alpha), false};  // p for the excess
     default: return {true, true};  // js, tv
   }
 }
@@ -87,10 +88,12 @@ void piece_terms(const DivParams<acc_t>& prm, const PairPiece<acc_t>& piece, int
       std::fill(pas, pas + n, acc_t(0));
       return;
     case DivKind::kRenyi:
-      for (int64_t i = 0; i < n; ++i) {
-        aggs[i] = math::renyi_log_term(prm.alpha, piece.log_p[i], piece.log_q[i]);
-        pas[i] = (prm.alpha - acc_t(1)) * (piece.log_p[i] - piece.log_q[i]);
+      for (int64_t i = 0; i < n; ++i) aggs[i] = math::renyi_log_term(prm.alpha, piece.log_p[i], piece.log_q[i]);
+      if (!math::renyi_near_one(prm.alpha)) {
+        std::fill(pas, pas + n, acc_t(0));
+        return;
       }
+      for (int64_t i = 0; i < n; ++i) pas[i] = (prm.alpha - acc_t(1)) * (piece.log_p[i] - piece.log_q[i]);
       vec_expm1(pas, n, pas);
       for (int64_t i = 0; i < n; ++i) pas[i] = piece.p[i] == acc_t(0) ? acc_t(0) : piece.p[i] * pas[i];
       return;
@@ -109,7 +112,7 @@ template <typename scalar_t, typename acc_t>
 void reduce_sums(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm, DivRow<acc_t>& row) {
   PairPiece<acc_t> piece;
   acc_t aggs[PairPiece<acc_t>::kSize], pas[PairPiece<acc_t>::kSize];
-  const Exps need = sums_exps(prm.kind);
+  const Exps need = sums_exps(prm);
   const bool renyi = prm.kind == DivKind::kRenyi;
   math::LseState<acc_t> log_s = math::lse_empty<acc_t>();
   double agg = 0.0, pa = 0.0;
@@ -124,7 +127,7 @@ void reduce_sums(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivP
     pa += piece_sum(pas, n);
   }
   row.pa = static_cast<acc_t>(pa);
-  row.agg = renyi ? math::renyi_log_sum(math::lse_finish(log_s), row.pa) : static_cast<acc_t>(agg);
+  row.agg = renyi ? math::renyi_log_sum(prm.alpha, math::lse_finish(log_s), row.pa) : static_cast<acc_t>(agg);
 }
 
 // One piece's gradient d D / d z (math::div_grad) into out, vectorised for the common kinds.
@@ -147,6 +150,14 @@ void piece_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, const Pai
       for (int64_t i = 0; i < n; ++i) out[i] = acc_t(0.5) * (piece.p[i] - out[i] / row.agg);
       return;
     case DivKind::kRenyi: {  // math::renyi_ratio_excess with both exps vectorised
+      const acc_t c = prm.alpha / (prm.alpha - acc_t(1));
+      if (!math::renyi_near_one(prm.alpha)) {  // w / S - p cancels at most as much as c amplifies
+        for (int64_t i = 0; i < n; ++i)
+          out[i] = math::renyi_log_term(prm.alpha, piece.log_p[i], piece.log_q[i]) - row.agg;
+        vec_exp(out, n, out);
+        for (int64_t i = 0; i < n; ++i) out[i] = c * (out[i] - piece.p[i]);
+        return;
+      }
       acc_t y[PairPiece<acc_t>::kSize], em1[PairPiece<acc_t>::kSize];
       for (int64_t i = 0; i < n; ++i) {
         y[i] = (prm.alpha - acc_t(1)) * (piece.log_p[i] - piece.log_q[i]) - row.agg;
@@ -154,7 +165,6 @@ void piece_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, const Pai
       }
       vec_expm1(y, n, em1);
       vec_exp(out, n, out);
-      const acc_t c = prm.alpha / (prm.alpha - acc_t(1));
       for (int64_t i = 0; i < n; ++i)
         out[i] = c * (std::fabs(y[i]) < acc_t(0.5) ? piece.p[i] * em1[i] : out[i] - piece.p[i]);
       return;
@@ -164,8 +174,51 @@ void piece_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, const Pai
   }
 }
 
+// kl, reverse_kl, hellinger and bhattacharyya in the log-sum-exps' own pass: their sums are
+// exponentials of the logits under the running maxima, rescaled as the maxima move,
+//   KL(p || q) = sum_j e^(z_j - m_p) (z_j - r_j) / s_p - (lse_p - lse_q)   (reverse_kl: z and r swapped),
+//   BC = exp(lse((z + r) / 2) - (lse_p + lse_q) / 2),
+// so a row is read once and takes one exp per entry fewer than pass 2 would.
+bool one_pass(DivKind kind) {
+  return kind == DivKind::kKl || kind == DivKind::kReverseKl || kind == DivKind::kHellinger ||
+         kind == DivKind::kBhattacharyya;
+}
+
+template <typename scalar_t, typename acc_t>
+DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm) {
+  acc_t buf[3][kPairPiece];
+  math::LseState<acc_t> st[3] = {math::lse_empty<acc_t>(), math::lse_empty<acc_t>(), math::lse_empty<acc_t>()};
+  double weighted = 0.0;
+  const bool kl = prm.kind == DivKind::kKl, reverse = prm.kind == DivKind::kReverseKl;
+  const int lead = reverse ? 1 : 0;  // the distribution whose probabilities weight the log ratios
+  for (int64_t start = 0; start < vocab; start += kPairPiece) {
+    const int64_t n = std::min(kPairPiece, vocab - start);
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t zi = static_cast<acc_t>(z[start + i]), ri = static_cast<acc_t>(r[start + i]);
+      buf[0][i] = zi;
+      buf[1][i] = ri;
+      buf[2][i] = kl ? zi - ri : (reverse ? ri - zi : acc_t(0.5) * (zi + ri));
+    }
+    if (kl || reverse) {
+      lse_absorb_weighted(st[lead].max, st[lead].sum, weighted, buf[lead], buf[2], n);
+      lse_absorb(st[1 - lead].max, st[1 - lead].sum, buf[1 - lead], n);
+    } else {
+      for (int k = 0; k < 3; ++k) lse_absorb(st[k].max, st[k].sum, buf[k], n);
+    }
+  }
+  DivRow<acc_t> row{math::lse_finish(st[0]), math::lse_finish(st[1]), acc_t(0), acc_t(0)};
+  if (kl || reverse) {
+    const double lead_minus_other = kl ? double(row.lse_p) - double(row.lse_q) : double(row.lse_q) - double(row.lse_p);
+    row.agg = static_cast<acc_t>(weighted / static_cast<double>(st[lead].sum) - lead_minus_other);
+  } else {
+    row.agg = std::exp(math::lse_finish(st[2]) - acc_t(0.5) * (row.lse_p + row.lse_q));
+  }
+  return row;
+}
+
 template <typename scalar_t, typename acc_t>
 DivRow<acc_t> reduce_row(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm) {
+  if (one_pass(prm.kind)) return reduce_row_once(z, r, vocab, prm);
   acc_t buf[2][kPairPiece];
   math::LseState<acc_t> st[2] = {math::lse_empty<acc_t>(), math::lse_empty<acc_t>()};
   for (int64_t start = 0; start < vocab; start += kPairPiece) {

@@ -42,7 +42,7 @@ __device__ void block_div_sums(const scalar_t* z, const scalar_t* r, const DivPa
     pa += b;
   });
   row.pa = block_sum(pa);
-  row.agg = renyi ? math::renyi_log_sum(math::lse_finish(block_lse(log_s)), row.pa) : block_sum(agg);
+  row.agg = renyi ? math::renyi_log_sum(prm.alpha, math::lse_finish(block_lse(log_s)), row.pa) : block_sum(agg);
 }
 
 template <typename scalar_t, typename acc_t>

@@ -63,11 +63,18 @@ OBJX_HD acc_t renyi_excess(acc_t alpha, acc_t p, acc_t log_p, acc_t log_q) {
 // that rounding S itself loses (1e-7 of S is all of D at a = 1.01 when D ~ 1e-5); elsewhere the log-sum-exp,
 // which cannot overflow (S = e^171 at a = 10 is a finite D ~ 19). Each term of the excess is at most S,
 // so none overflows inside the window.
-// A log-sum-exp that reached the largest finite value came from an infinite summand (renyi_log_term).
+// The excess is needed only for orders near 1: elsewhere 1 / (a - 1) amplifies log S's rounding at
+// most twofold. A log-sum-exp that reached the largest finite value came from an infinite summand
+// (renyi_log_term).
 template <typename acc_t>
-OBJX_HD acc_t renyi_log_sum(acc_t lse, acc_t excess) {
+OBJX_HD bool renyi_near_one(acc_t alpha) {
+  return alpha > acc_t(0.5) && alpha < acc_t(1.5);
+}
+
+template <typename acc_t>
+OBJX_HD acc_t renyi_log_sum(acc_t alpha, acc_t lse, acc_t excess) {
   using std::log1p;
-  if (excess >= acc_t(-0.5) && excess <= acc_t(1)) return log1p(excess);
+  if (renyi_near_one(alpha) && excess >= acc_t(-0.5) && excess <= acc_t(1)) return log1p(excess);
   return lse >= std::numeric_limits<acc_t>::max() ? std::numeric_limits<acc_t>::infinity() : lse;
 }
 
@@ -105,7 +112,7 @@ OBJX_HD void div_terms(const DivParams<acc_t>& prm, const ProbPair<acc_t>& e, ac
     case DivKind::kBhattacharyya: agg = exp(acc_t(0.5) * (e.log_p + e.log_q)); break;
     case DivKind::kRenyi:  // its row sum is a log-sum-exp of these (the caller's), beside the excess
       agg = renyi_log_term(prm.alpha, e.log_p, e.log_q);
-      pa = renyi_excess(prm.alpha, e.p, e.log_p, e.log_q);
+      pa = renyi_near_one(prm.alpha) ? renyi_excess(prm.alpha, e.p, e.log_p, e.log_q) : acc_t(0);
       break;
     case DivKind::kAlpha: agg = div_power_mean(prm.alpha, e.log_p, e.log_q); break;
     case DivKind::kTv:

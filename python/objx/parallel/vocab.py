@@ -376,7 +376,7 @@ def _whole_renyi(log_s: torch.Tensor, excess: torch.Tensor, a: float, log_w: tor
     log_term = torch.where(coef == 0, torch.full_like(log_coef, float("-inf")), log_coef + log_s)
     merged, total = _merge_lse(log_term[:, None], group, part[:, None])
     lse, whole_excess = merged[:, 0], total[:, 0]
-    window = (whole_excess >= -0.5) & (whole_excess <= 1)
+    window = (whole_excess >= -0.5) & (whole_excess <= 1) & (0.5 < a < 1.5)  # math::renyi_near_one
     return torch.where(window, torch.log1p(whole_excess), lse), whole_excess
 
 
