@@ -80,11 +80,12 @@ def test_equal_distributions_give_zero(device, kind, div_alpha):
 def test_renyi_float32_near_one_and_at_large_orders(device, div_alpha):
     """float32 Rényi against the float64 reference where S = Σ p^a q^(1-a) is no help: near a = 1, D =
     log S / (a - 1) is all in the digits of S - 1 that rounding S loses; at a >= 10, S overflows float32
-    (log S > 88.7, one token 24 nats likelier under the policy) while D is ~23."""
+    (log S > 88.7, one token 17 nats likelier under the policy) while D is ~17. (Not where that token
+    also holds most of p: SPEC §5's floor of the gradient there.)"""
     policy, ref = make_pair(16, 3000, dtype=torch.float64)
     if div_alpha >= 10:
-        policy[:, 7] += 12
-        ref[:, 7] -= 12
+        policy[:, 7] += 3
+        ref[:, 7] -= 14
         log_s = torch.logsumexp(div_alpha * policy.log_softmax(-1) + (1 - div_alpha) * ref.log_softmax(-1), -1)
         assert (log_s > 88.8).all()  # the regime tested: S itself is not a float32
     check(policy.float().to(device), ref.float().to(device), "renyi", div_alpha)
