@@ -20,6 +20,7 @@ from .. import reference
 from . import eager
 from .._build import build_info
 from .memory import peak_extra_bytes
+from .roofline import Peaks, floor_seconds, measure_peaks
 from ..sft.objective import Objective
 from ..distill.logits import distill_loss
 from ..distill.linear import linear_distill_loss
@@ -62,6 +63,7 @@ class Result:
     check: Optional[float]  # objx: max rel. error vs float64 reference; others: loss rel. diff vs objx
     ok: bool  # objx within SPEC §5 of the reference; a peer ran
     note: str = ""
+    floor_ms: Optional[float] = None  # the case's roofline floor on this device (tools/roofline.py)
 
 
 def _targets(rows, vocab, device, g):
@@ -365,8 +367,11 @@ FAMILIES = {
 }
 
 
-def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) -> list[Result]:
+def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None, peaks: Optional[Peaks] = None
+             ) -> list[Result]:
     make_inputs, implementations = FAMILIES[family]
+    floor = floor_seconds(family, shape, dt, peaks)
+    floor_ms = None if floor is None else floor * 1e3
     bases, target = make_inputs(*shape, dt, dev)
     impls = implementations(objective, dev, use_compile)
     shape_s = "x".join(str(v) for v in shape)
@@ -383,7 +388,7 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
             peak = peak_extra_bytes(lambda: fwd_bwd_once(fn, bases, target, clone_input), dev)
         except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
             results.append(Result(family, name, getattr(objective, "name", objective), shape_s, dtype_s, None, None, None,
-                                  not name.startswith("objx"), f"failed: {type(e).__name__}: {e}"[:200]))
+                                  not name.startswith("objx"), f"failed: {type(e).__name__}: {e}"[:200], floor_ms))
             continue
         if name == "objx":
             objx_loss = loss.float()
@@ -397,14 +402,14 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None) 
             if check > TOLERANCE[dt]:
                 note = "loss differs from objx (objx is checked against float64)"
         results.append(Result(family, name, getattr(objective, "name", objective), shape_s, dtype_s, median * 1e3,
-                              None if peak is None else peak / 2**20, check, ok, note))
+                              None if peak is None else peak / 2**20, check, ok, note, floor_ms))
     return results
 
 
 def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, objectives=None,
         repeats: int = None, use_compile: bool = True, progress: bool = True, distill_shapes=None,
         linear_distill_shapes=None, methods=None, divergence_shapes=None, kinds=None,
-        dpo_shapes=None) -> list[Result]:
+        dpo_shapes=None, peaks: Optional[Peaks] = None) -> list[Result]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = getattr(torch, dtype or DEFAULT_DTYPES[dev.type])
     if repeats is not None and repeats < 1:  # 0 used to fall back to the default silently
@@ -432,7 +437,7 @@ def run(device: str = None, shapes=None, linear_shapes=None, dtype: str = None, 
     bar = tqdm(cases, desc="objx bench", file=sys.stderr) if tqdm and progress else None
     results = []
     for family, shape, objective in (bar if bar is not None else cases):
-        results += run_case(family, shape, objective, dt, dev, repeats, use_compile, bar)
+        results += run_case(family, shape, objective, dt, dev, repeats, use_compile, bar, peaks)
     return results
 
 
@@ -441,7 +446,7 @@ def format_table(results: list[Result]) -> str:
     for r in results:
         by_case.setdefault((r.family, r.objective, r.shape, r.dtype), {})[r.impl] = r
     head = (f"{'family':<14} {'objective':<16} {'shape':<18} {'dtype':<9} {'impl':<12} {'median ms':>10} "
-            f"{'peak MB':>9} {'time/objx':>9} {'mem/objx':>9} {'check':>9}  ok")
+            f"{'peak MB':>9} {'time/objx':>9} {'mem/objx':>9} {'floor ms':>9} {'time/floor':>10} {'check':>9}  ok")
     lines = [head, "-" * len(head)]
     for (family, objective, shape, dtype), impls in by_case.items():
         base = impls.get("objx")
@@ -451,8 +456,10 @@ def format_table(results: list[Result]) -> str:
             ms = f"{r.median_ms:.2f}" if r.median_ms is not None else "-"
             mb = f"{r.peak_mb:.1f}" if r.peak_mb is not None else "-"
             chk = f"{r.check:.1e}" if r.check is not None else "-"
+            floor = f"{r.floor_ms:.3g}" if r.floor_ms else "-"
+            f_ratio = f"{r.median_ms / r.floor_ms:.2f}x" if r.floor_ms and r.median_ms else "-"
             lines.append(f"{family:<14} {objective:<16} {shape:<18} {dtype:<9} {r.impl:<12} {ms:>10} {mb:>9} "
-                         f"{t_ratio:>9} {m_ratio:>9} {chk:>9}  {'ok' if r.ok else 'FAIL'}"
+                         f"{t_ratio:>9} {m_ratio:>9} {floor:>9} {f_ratio:>10} {chk:>9}  {'ok' if r.ok else 'FAIL'}"
                          + (f"  {r.note}" if r.note else ""))
     return "\n".join(lines)
 
@@ -474,14 +481,20 @@ def main(args) -> int:
     """args from `objx bench` (tools/cli.py), which has already parsed and checked every shape
     (tuples of positive ints), the device, the objectives and the repeat count."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or DEFAULT_DTYPES[torch.device(device).type])
+    peaks = measure_peaks(device, dtype)
     results = run(device, args.shape, args.linear_shape, args.dtype, args.objective, args.repeats,
                   not args.no_compile, progress=not args.quiet, distill_shapes=args.distill_shape,
                   linear_distill_shapes=args.linear_distill_shape, methods=args.method,
-                  divergence_shapes=args.divergence_shape, kinds=args.kind, dpo_shapes=args.dpo_shape)
+                  divergence_shapes=args.divergence_shape, kinds=args.kind, dpo_shapes=args.dpo_shape, peaks=peaks)
     env = environment(device)
+    env["peaks"] = {"copy_gb_per_s": peaks.bytes_per_s / 1e9, "gemm_tflop_per_s": peaks.flops_per_s / 1e12}
     print(f"objx bench on {env['device_name']} ({device}, {env['cpu_threads']} CPU threads), "
           f"fwd+bwd, median of {args.repeats or DEFAULT_REPEATS[torch.device(device).type]} runs; "
           f"time/objx and mem/objx > 1 mean objx is faster / lighter")
+    print(f"floor: the case's bytes at {peaks.bytes_per_s / 1e9:.0f} GB/s (copy) or its GEMM FLOPs at "
+          f"{peaks.flops_per_s / 1e12:.3g} TFLOP/s ({str(dtype).split('.')[-1]} GEMM), both measured now; "
+          f"time/floor = 1 is the roofline (objx.tools.roofline)")
     print(format_table(results))
     if args.out:
         with open(args.out, "w") as f:
