@@ -217,6 +217,7 @@ def summarise_bench(out: Path) -> list[dict]:
             ms = base.get("median_ms")
             row = {"file": path.name, "family": family, "objective": objective, "shape": shape, "dtype": dtype,
                    "objx_ms": ms, "objx_mb": base.get("peak_mb"), "objx_check": base.get("check"),
+                   "floor_ms": base.get("floor_ms"),
                    "ok": all(r.get("ok", False) for r in impls.values()), "time_ratio": {}, "mem_ratio": {},
                    "failed": {}}
             for name, r in impls.items():
@@ -307,8 +308,9 @@ def markdown(s: dict) -> str:
         impls = [i for i in IMPL_ORDER if any(i in r["time_ratio"] or i in r["failed"] for r in rows)]
         impls += sorted({i for r in rows for i in r["time_ratio"]} - set(impls))
         lines += ["", "**bench** (time / objx; > 1: objx faster; peak memory ratio in brackets)", "",
-                  "| family | objective | shape | dtype | objx ms | " + " | ".join(impls) + " | ok |",
-                  "| --- " * (6 + len(impls)) + "|"]
+                  "| family | objective | shape | dtype | objx ms | floor ms | objx/floor | " + " | ".join(impls)
+                  + " | ok |",
+                  "| --- " * (8 + len(impls)) + "|"]
         for r in rows:
             cells = []
             for i in impls:
@@ -318,7 +320,10 @@ def markdown(s: dict) -> str:
                 else:
                     cells.append("failed" if i in r["failed"] else "-")
             ms = f"{r['objx_ms']:.2f}" if r["objx_ms"] is not None else "-"
+            floor = r.get("floor_ms")
+            over = f"{r['objx_ms'] / floor:.2f}x" if floor and r["objx_ms"] else "-"
             lines.append(f"| {r['family']} | {r['objective']} | {r['shape']} | {r['dtype']} | {ms} | "
+                         f"{'-' if not floor else f'{floor:.3g}'} | {over} | "
                          + " | ".join(cells) + f" | {'ok' if r['ok'] else '**FAIL**'} |")
     bad = [st["step"] for st in s["steps"] if st["status"] in ("fail", "timeout")]
     lines += ["", f"failed or timed out: {', '.join(bad)}" if bad else "every step passed or was skipped"]
