@@ -308,3 +308,14 @@ def test_mahalanobis_dimension_mismatch_names_the_precision():
         kernels.MahalanobisKernel(torch.eye(3, dtype=torch.float64)).log_k(x, y)
     with pytest.raises(ValueError, match="the precision is"):
         kernels.HierarchicalMixtureKernel(3).double().log_k(x, y)
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(label_smoothing=1.5), "label_smoothing must be in \\[0, 1\\], got 1.5"),
+    (dict(loss_type="robust", label_smoothing=0.7), "label_smoothing must be in \\[0, 0.5\\)"),
+    (dict(beta=0.0), "objx.DPOKernelLoss: beta must be > 0, got 0.0"),
+])
+def test_module_options_are_checked_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        objx.DPOKernelLoss(**kwargs)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loss import REFERENCE_FREE, dpo_kernel_loss, resolve_nll_coef
+from .loss import REFERENCE_FREE, _check_label_smoothing, dpo_kernel_loss, resolve_nll_coef
 from .kernels import _Kernel
 from ..sft.linear import linear_token_logprobs
 from ..sft.logits import token_logprobs
@@ -52,6 +52,9 @@ class DPOKernelLoss(nn.Module):
             raise ValueError("objx.DPOKernelLoss: divergence_coef != 0 needs divergence (a vocab_divergence kind)")
         types = (loss_type,) if isinstance(loss_type, str) else tuple(loss_type)
         self.nll_coef = resolve_nll_coef(types, nll_coef)  # also rejects an unknown loss_type here
+        if not beta > 0:
+            raise ValueError(f"objx.DPOKernelLoss: beta must be > 0, got {beta}")
+        _check_label_smoothing(types, label_smoothing)  # at construction, not first at the first batch
         self.reference_free = all(t in REFERENCE_FREE for t in types)
         self.needs_nll = self.nll_coef != 0 or "sft" in types
         self.kernel = kernel
