@@ -90,14 +90,20 @@ DistillInputs block_inputs(const LinearDistillCall& c, int64_t r0, int64_t nb) {
   return {c.opt, std::move(s), std::move(t), c.has_target ? c.y.narrow(0, r0, nb) : at::Tensor(), c.has_target};
 }
 
+// grad_weight's buffer: the first of the n rows' blocks writes it, the others add to it (add_block_grads).
+at::Tensor grad_weight_sum(const LinearDistillCall& c, int64_t n) {
+  return n > 0 ? at::empty({c.vocab, c.dim}, c.acc_opts) : at::zeros({c.vocab, c.dim}, c.acc_opts);
+}
+
 // Multiplies a block's logits gradient back out into the student's hidden, weight and bias grads.
 void add_block_grads(const LinearDistillCall& c, const at::Tensor& grad_logits, int64_t r0, at::Tensor& grad_hidden,
                      at::Tensor& grad_weight, at::Tensor& grad_bias) {
   const int64_t nb = grad_logits.size(0);
   if (c.student.bias) grad_bias.add_(grad_logits.sum(0));
-  const auto g = c.student.grad_input(grad_logits);
-  c.student.mm_into(grad_hidden.narrow(0, r0, nb), g, c.student.w_rows(0, c.vocab), /*accumulate=*/false);
-  c.student.mm_into(grad_weight, g.t(), c.student.h.narrow(0, r0, nb), /*accumulate=*/true);
+  auto g = c.student.grad_input(grad_logits);
+  const at::Tensor y = c.has_target ? c.y.narrow(0, r0, nb) : at::Tensor();  // the hard term's -1 at the target
+  c.student.grad_hidden_into(grad_hidden.narrow(0, r0, nb), g, y, 0, /*accumulate=*/false);
+  c.student.mm_into(grad_weight, g.t(), c.student.h.narrow(0, r0, nb), /*accumulate=*/r0 > 0);
 }
 
 template <const DistillKernels& K>
@@ -113,8 +119,10 @@ LinearDistillForward linear_distill_forward(
                               row_block);
   const int64_t n = c.student.h.size(0);
   const auto none = [&] { return at::empty({0}, c.acc_opts); };
-  at::Tensor grad_hidden = grad_in_forward ? at::zeros({n, c.dim}, c.acc_opts) : none();
-  at::Tensor grad_weight = grad_in_forward ? at::zeros({c.vocab, c.dim}, c.acc_opts) : none();
+  // grad_hidden in HeadGemms::vocab_sum_dtype (float64 on CPU), rounded once at the end.
+  const auto hidden_sum_opts = c.acc_opts.dtype(c.student.vocab_sum_dtype(/*several_tiles=*/false));
+  at::Tensor grad_hidden = grad_in_forward ? at::empty({n, c.dim}, hidden_sum_opts) : none();
+  at::Tensor grad_weight = grad_in_forward ? grad_weight_sum(c, n) : none();
   at::Tensor grad_bias = grad_in_forward && c.student.bias ? at::zeros({c.vocab}, c.acc_opts) : none();
   std::vector<at::Tensor> parts[5];
   RowErrors errors(c.acc_opts);  // read once, after the last block: no host synchronisation per block
@@ -139,7 +147,8 @@ LinearDistillForward linear_distill_forward(
   const auto cat = [&](int i) { return parts[i].empty() ? *empties[i] : at::cat(parts[i]); };
   return {c.rows.put(cat(0), c.total, 0), c.rows.put(cat(1), c.total, 0), c.rows.put(cat(2), c.total, 0),
           c.rows.put(cat(3), c.total, 0), c.rows.put(cat(4), c.total, false),
-          grad_in_forward ? c.rows.put(grad_hidden, c.total, 0) : grad_hidden, grad_weight, grad_bias};
+          grad_in_forward ? c.rows.put(grad_hidden.to(c.acc_opts.dtype()), c.total, 0) : grad_hidden, grad_weight,
+          grad_bias};
 }
 
 template <const DistillKernels& K>
@@ -155,8 +164,8 @@ LinearDistillGrads linear_distill_backward(
                               row_block);
   const DistillSaved all = prepare_distill_saved(hs, grad_loss, stats, counted);
   const int64_t n = c.student.h.size(0);
-  auto grad_hidden = at::zeros({n, c.dim}, c.acc_opts);
-  auto grad_weight = at::zeros({c.vocab, c.dim}, c.acc_opts);
+  auto grad_hidden = at::empty({n, c.dim}, c.acc_opts.dtype(c.student.vocab_sum_dtype(/*several_tiles=*/false)));
+  auto grad_weight = grad_weight_sum(c, n);
   auto grad_bias = at::zeros({c.student.bias ? c.vocab : 0}, c.acc_opts);
   const DistillSaved kept{c.rows.take(all.grad_loss), c.rows.take(all.stats), c.rows.take(all.counted)};
   for (int64_t r0 = 0; r0 < n; r0 += row_block) {

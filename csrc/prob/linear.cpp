@@ -125,8 +125,9 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
   // logits tile is produced once and turned into its gradient in place; the block holds as many
   // logits as one tile of the tiled path (n rows x tile_cols columns).
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(n, tile_cols * std::max<int64_t>(n, 1) / vocab));
-  auto grad_hidden = at::zeros({n, dim}, acc_opts);
-  auto grad_weight = at::zeros({vocab, dim}, acc_opts);
+  auto grad_hidden = at::empty({n, dim}, acc_opts.dtype(gemm.vocab_sum_dtype(/*several_tiles=*/false)));
+  // The first block writes grad_weight, the others add to it.
+  auto grad_weight = n > 0 ? at::empty({vocab, dim}, acc_opts) : at::zeros({vocab, dim}, acc_opts);
   auto grad_bias = has_bias ? at::zeros({vocab}, acc_opts) : none();
   std::vector<at::Tensor> losses, lses, logps, counteds, corrects;
   RowErrors errors(acc_opts);  // read once, after the last block: no host synchronisation per block
@@ -141,9 +142,9 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
     const auto& [loss, lse, logp, counted, correct] = fwd;
     K.tile_grad(tile, yb, 0, ProbLossSaved{at::ones({nb}, acc_opts), lse, logp, counted}, opt, vocab);
     if (has_bias) grad_bias.add_(tile.sum(0));
-    const auto g = gemm.grad_input(tile);
-    gemm.mm_into(grad_hidden.narrow(0, r0, nb), g, gemm.w_rows(0, vocab), /*accumulate=*/false);
-    gemm.mm_into(grad_weight, g.t(), hb, /*accumulate=*/true);
+    auto g = gemm.grad_input(tile);
+    gemm.grad_hidden_into(grad_hidden.narrow(0, r0, nb), g, yb, 0, /*accumulate=*/false);
+    gemm.mm_into(grad_weight, g.t(), hb, /*accumulate=*/r0 > 0);
     losses.push_back(loss);
     lses.push_back(lse);
     logps.push_back(logp);
@@ -158,7 +159,8 @@ LinearForward linear_prob_loss_forward(const at::Tensor& hidden_in, const at::Te
       scatter_forward({cat(losses, acc_opts), cat(lses, acc_opts), cat(logps, acc_opts),
                        cat(counteds, acc_opts.dtype(at::kBool)), cat(corrects, acc_opts.dtype(at::kBool))},
                       rows, total);
-  return {loss, lse, logp, counted, correct, rows.put(grad_hidden, total, 0), grad_weight, grad_bias};
+  return {loss, lse, logp, counted, correct, rows.put(grad_hidden.to(acc_opts.dtype()), total, 0), grad_weight,
+          grad_bias};
 }
 
 template <const ProbKernels& K>
@@ -182,7 +184,10 @@ LinearGrads linear_prob_loss_backward(const at::Tensor& grad_loss, const at::Ten
   const ProbLossSaved all = prepare_prob_loss_saved(hidden_in, grad_loss, lse, logp, counted);
   const ProbLossSaved saved{rows.take(all.grad_loss), rows.take(all.lse), rows.take(all.logp), rows.take(all.counted)};
 
-  auto grad_hidden = at::zeros({h.size(0), dim}, hidden_in.options().dtype(acc));
+  // grad_hidden sums over the vocabulary, in float64 where the tiling could otherwise change it beyond
+  // float32 rounding (HeadGemms::vocab_sum_into; 3e-5 relative over 256000 one-column tiles in float32).
+  auto grad_hidden =
+      at::zeros({h.size(0), dim}, hidden_in.options().dtype(gemm.vocab_sum_dtype(/*several_tiles=*/vocab > tile_cols)));
   auto grad_weight = at::empty({vocab, dim}, weight_in.options());
   auto grad_bias = at::empty({has_bias ? vocab : 0}, weight_in.options());
   for (int64_t v0 = 0; v0 < vocab; v0 += tile_cols) {
@@ -190,10 +195,9 @@ LinearGrads linear_prob_loss_backward(const at::Tensor& grad_loss, const at::Ten
     auto tile = gemm.logits(h, v0, vc);
     K.tile_grad(tile, y, v0, saved, opt, vocab);
     if (has_bias) grad_bias.narrow(0, v0, vc).copy_(tile.sum(0));
-    // Each tile owns its rows of grad_weight: one GEMM writes them, accumulating in float32;
-    // grad_hidden sums over tiles in the accumulation dtype.
-    const auto g = gemm.grad_input(tile);
-    gemm.mm_into(grad_hidden, g, gemm.w_rows(v0, vc), /*accumulate=*/true);
+    // Each tile owns its rows of grad_weight: one GEMM writes them, accumulating in float32.
+    auto g = gemm.grad_input(tile);
+    gemm.grad_hidden_into(grad_hidden, g, y, v0, /*accumulate=*/true);
     gemm.mm_into(grad_weight.narrow(0, v0, vc), g.t(), h, /*accumulate=*/false);
   }
   return {rows.put(grad_hidden, total, 0).to(hidden_in.scalar_type()), grad_weight, grad_bias};
