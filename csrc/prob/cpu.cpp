@@ -254,19 +254,11 @@ at::Tensor backward(const ProbLossInputs& in, const ProbLossSaved& saved) {
 
 // ---- tiles of the fused LM-head loss --------------------------------------------------------
 
-// The running sums cross tiles in float64: rounding the exponential sum (and the logits' sum) to
-// float32 once per tile drifts with the tile count, 2e-5 relative over 256000 one-column tiles,
-// against SPEC's 1e-6 for any slicing (issue 15). Within a tile the reduction stays float32. The
-// state comes in the accumulation dtype (prob_tile_state); the first tile widens its sums.
-void widen_sums(ProbTileState& state) {
-  if (state.sum.scalar_type() != at::kDouble) state.sum = state.sum.to(at::kDouble);
-  if (state.sum_z.scalar_type() != at::kDouble) state.sum_z = state.sum_z.to(at::kDouble);
-}
-
+// The running sums cross tiles in float64 (prob_tile_state; math::prob_tiled_row_finish says why);
+// within a tile the reduction stays float32.
 void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
                       const ProbLossOptions& opt, ProbTileState& state) {
   const int64_t cols = tile.size(1), stride = tile.stride(0);
-  widen_sums(state);
   // Tiles come from the head's GEMMs in the accumulation dtype (common/head_gemms.h).
   AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "objx_prob_tile_reduce", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -297,41 +289,20 @@ void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_o
   });
 }
 
-// math::prob_row_finish from the float64 running sums, lse and log p_y rounded once from float64: the
-// backward's z_j - lse on tiles without the target is then off by at most half an ulp of lse (SPEC
-// §5's floor; a float32 finish adds another ulp, 1e-6 relative in p_j at lse = log 256000).
-template <typename acc_t>
-math::ProbRowResult<acc_t> finish_tiled_row(const ProbLossParams<acc_t>& prm, int64_t t, acc_t max, double sum,
-                                            acc_t z_gold, double sum_z, acc_t max_before) {
-  auto res = math::prob_row_finish(prm, t, LseState<acc_t>{max, static_cast<acc_t>(sum)}, z_gold,
-                                   static_cast<acc_t>(sum_z), max_before);
-  if (t == prm.ignore_index || t < 0 || t >= prm.vocab) return res;
-  const auto wide = math::finish_with_gold(LseState<double>{max, sum}, static_cast<double>(z_gold));
-  const auto fwd = math::prob_row_forward(prm, static_cast<acc_t>(wide.lse), static_cast<acc_t>(wide.logp),
-                                          static_cast<acc_t>(sum_z), math::target_weight(prm, t));
-  res.loss = fwd.loss;
-  res.lse = static_cast<acc_t>(wide.lse);
-  res.logp = fwd.logp;
-  res.counted = fwd.counted;
-  res.error = fwd.counted && wide.lse == -std::numeric_limits<double>::infinity() ? math::kEmptyRow : 0;
-  return res;
-}
-
 ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target, const ProbLossOptions& opt,
                             int64_t vocab, RowErrors& errors) {
   ProbLossForward out = allocate_prob_loss_forward(target.size(0), state.max.options());
   AT_DISPATCH_FLOATING_TYPES(state.max.scalar_type(), "objx_prob_tile_finish", [&] {
     using acc_t = scalar_t;
     const auto prm = make_prob_loss_params<acc_t>(opt, vocab);
-    const at::Tensor sum = state.sum.to(at::kDouble), sum_z = state.sum_z.to(at::kDouble);  // no-ops after a tile
     const acc_t* mx = state.max.const_data_ptr<acc_t>();
-    const double* sm = sum.const_data_ptr<double>();
+    const double* sm = state.sum.const_data_ptr<double>();
     const acc_t* zg = state.z_gold.const_data_ptr<acc_t>();
-    const double* sz = sum_z.const_data_ptr<double>();
+    const double* sz = state.sum_z.const_data_ptr<double>();
     const acc_t* mb = state.max_before.const_data_ptr<acc_t>();
     const int64_t* y = target.const_data_ptr<int64_t>();
     finish_rows<acc_t>(target.size(0), 4096, out, errors, [&](int64_t r) {
-      return finish_tiled_row(prm, y[r], mx[r], sm[r], zg[r], sz[r], mb[r]);
+      return math::prob_tiled_row_finish(prm, y[r], mx[r], sm[r], zg[r], sz[r], mb[r]);
     });
   });
   return out;

@@ -137,27 +137,28 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) prob_tile_reduce_kernel(
     const scalar_t* __restrict__ tile, int64_t cols, int64_t stride, const int64_t* __restrict__ target,
     int64_t col_offset, int64_t ignore_index, acc_t cap, const acc_t* __restrict__ col_weight,
-    acc_t* __restrict__ state_max, acc_t* __restrict__ state_sum, acc_t* __restrict__ z_gold,
-    acc_t* __restrict__ state_sum_z, acc_t* __restrict__ state_max_before) {
+    acc_t* __restrict__ state_max, double* __restrict__ state_sum, acc_t* __restrict__ z_gold,
+    double* __restrict__ state_sum_z, acc_t* __restrict__ state_max_before) {
   const int64_t r = blockIdx.x;
   const int64_t gold = math::gold_column(target[r], ignore_index, col_offset, cols);
   const scalar_t* row = tile + r * stride;
   RowReduce<acc_t> st{math::lse_empty<acc_t>(), acc_t(0), -std::numeric_limits<acc_t>::infinity()};
   acc_t zg = 0;
-  if (threadIdx.x == 0) {  // the row's state so far, and the target if it is in this tile
-    st.lse = {state_max[r], state_sum[r]};
+  if (threadIdx.x == 0) {  // this tile's own reduction, seeded with the target if it is here
     st.max_before = state_max_before[r];
     if (gold >= 0) {
       zg = math::softcap_value(static_cast<acc_t>(row[gold]), cap);
-      st.lse = math::lse_merge(st.lse, math::gold_seed(zg));
+      st.lse = math::gold_seed(zg);
     }
   }
   st = block_reduce_row(row, cols, gold, math::columns_before_target(target[r], ignore_index, col_offset, cols), cap,
                         col_weight, st);
-  if (threadIdx.x == 0) {
-    state_max[r] = st.lse.max;
-    state_sum[r] = st.lse.sum;
-    state_sum_z[r] += st.sum_z;
+  if (threadIdx.x == 0) {  // merged into the row's float64 sums (math::prob_tiled_row_finish)
+    const auto merged = math::lse_merge(math::LseState<double>{state_max[r], state_sum[r]},
+                                        math::LseState<double>{st.lse.max, st.lse.sum});
+    state_max[r] = static_cast<acc_t>(merged.max);  // one of the two maxima: exact in acc_t
+    state_sum[r] = merged.sum;
+    state_sum_z[r] += static_cast<double>(st.sum_z);
     state_max_before[r] = st.max_before;
     if (gold >= 0) z_gold[r] = zg;
   }
@@ -165,14 +166,14 @@ __global__ void __launch_bounds__(kThreads) prob_tile_reduce_kernel(
 
 template <typename acc_t>
 __global__ void prob_tile_finish_kernel(int64_t rows, const int64_t* __restrict__ target,
-                                        const acc_t* __restrict__ state_max, const acc_t* __restrict__ state_sum,
-                                        const acc_t* __restrict__ z_gold, const acc_t* __restrict__ state_sum_z,
+                                        const acc_t* __restrict__ state_max, const double* __restrict__ state_sum,
+                                        const acc_t* __restrict__ z_gold, const double* __restrict__ state_sum_z,
                                         const acc_t* __restrict__ state_max_before, ProbLossParams<acc_t> prm,
                                         RowOutputs<acc_t> out) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
-  write_row(out, r, math::prob_row_finish(prm, target[r], LseState<acc_t>{state_max[r], state_sum[r]},
-                                          z_gold[r], state_sum_z[r], state_max_before[r]));
+  write_row(out, r, math::prob_tiled_row_finish(prm, target[r], state_max[r], state_sum[r], z_gold[r],
+                                                state_sum_z[r], state_max_before[r]));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -304,8 +305,8 @@ void tile_reduce(const at::Tensor& tile, const at::Tensor& target, int64_t col_o
     OBJX_LAUNCH(rows, kThreads, 0, stream, prob_tile_reduce_kernel<scalar_t, acc_t>)(
         tile.const_data_ptr<scalar_t>(), tile.size(1), tile.stride(0), target.const_data_ptr<int64_t>(),
         col_offset, opt.ignore_index, cap, w, state.max.mutable_data_ptr<acc_t>(),
-        state.sum.mutable_data_ptr<acc_t>(), state.z_gold.mutable_data_ptr<acc_t>(),
-        state.sum_z.mutable_data_ptr<acc_t>(), state.max_before.mutable_data_ptr<acc_t>());
+        state.sum.mutable_data_ptr<double>(), state.z_gold.mutable_data_ptr<acc_t>(),
+        state.sum_z.mutable_data_ptr<double>(), state.max_before.mutable_data_ptr<acc_t>());
     OBJX_LAUNCH_CHECK();
   });
 }
@@ -322,8 +323,8 @@ ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target
     constexpr int threads = 256;
     OBJX_LAUNCH((rows + threads - 1) / threads, threads, 0, stream, prob_tile_finish_kernel<acc_t>)(
         rows, target.const_data_ptr<int64_t>(), state.max.const_data_ptr<acc_t>(),
-        state.sum.const_data_ptr<acc_t>(), state.z_gold.const_data_ptr<acc_t>(),
-        state.sum_z.const_data_ptr<acc_t>(), state.max_before.const_data_ptr<acc_t>(),
+        state.sum.const_data_ptr<double>(), state.z_gold.const_data_ptr<acc_t>(),
+        state.sum_z.const_data_ptr<double>(), state.max_before.const_data_ptr<acc_t>(),
         make_prob_loss_params<acc_t>(opt, vocab), row_outputs<acc_t>(out, errors));
     OBJX_LAUNCH_CHECK();
   });

@@ -139,8 +139,9 @@ template math::ProbLossParams<double> make_prob_loss_params<double>(const ProbLo
 
 ProbTileState prob_tile_state(int64_t rows, const at::TensorOptions& acc_options) {
   constexpr double inf = std::numeric_limits<double>::infinity();
-  return {at::full({rows}, -inf, acc_options), at::zeros({rows}, acc_options), at::zeros({rows}, acc_options),
-          at::zeros({rows}, acc_options), at::full({rows}, -inf, acc_options)};
+  const auto wide = acc_options.dtype(at::kDouble);  // the sums across tiles: math::prob_tiled_row_finish
+  return {at::full({rows}, -inf, acc_options), at::zeros({rows}, wide), at::zeros({rows}, acc_options),
+          at::zeros({rows}, wide), at::full({rows}, -inf, acc_options)};
 }
 
 ProbLossForward allocate_prob_loss_forward(int64_t rows, const at::TensorOptions& acc_options) {
