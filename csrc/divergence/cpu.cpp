@@ -186,9 +186,10 @@ bool one_pass(DivKind kind) {
 
 template <typename scalar_t, typename acc_t>
 DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm) {
-  acc_t buf[3][kPairPiece];
+  acc_t buf[3][kPairPiece], ones[kPairPiece];
   math::LseState<acc_t> st[3] = {math::lse_empty<acc_t>(), math::lse_empty<acc_t>(), math::lse_empty<acc_t>()};
-  double weighted = 0.0;
+  double weighted = 0.0;  // kl: the weighted log ratios; hellinger: BC's sum, in float64 lanes like pass 2's
+  std::fill(ones, ones + kPairPiece, acc_t(1));
   const bool kl = prm.kind == DivKind::kKl, reverse = prm.kind == DivKind::kReverseKl;
   const int lead = reverse ? 1 : 0;  // the distribution whose probabilities weight the log ratios
   for (int64_t start = 0; start < vocab; start += kPairPiece) {
@@ -203,7 +204,8 @@ DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t voca
       lse_absorb_weighted(st[lead].max, st[lead].sum, weighted, buf[lead], buf[2], n);
       lse_absorb(st[1 - lead].max, st[1 - lead].sum, buf[1 - lead], n);
     } else {
-      for (int k = 0; k < 3; ++k) lse_absorb(st[k].max, st[k].sum, buf[k], n);
+      for (int k = 0; k < 2; ++k) lse_absorb(st[k].max, st[k].sum, buf[k], n);
+      lse_absorb_weighted(st[2].max, st[2].sum, weighted, buf[2], ones, n);
     }
   }
   DivRow<acc_t> row{math::lse_finish(st[0]), math::lse_finish(st[1]), acc_t(0), acc_t(0)};
@@ -211,7 +213,7 @@ DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t voca
     const double lead_minus_other = kl ? double(row.lse_p) - double(row.lse_q) : double(row.lse_q) - double(row.lse_p);
     row.agg = static_cast<acc_t>(weighted / static_cast<double>(st[lead].sum) - lead_minus_other);
   } else {
-    row.agg = std::exp(math::lse_finish(st[2]) - acc_t(0.5) * (row.lse_p + row.lse_q));
+    row.agg = static_cast<acc_t>(std::exp(double(st[2].max) - 0.5 * (double(row.lse_p) + double(row.lse_q))) * weighted);
   }
   return row;
 }
