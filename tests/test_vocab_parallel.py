@@ -1,6 +1,7 @@
 """SPEC §4 across processes: every vocabulary-parallel loss and gradient equals the single-process
 one, on world sizes 2 and 3 (uneven shards included), gloo on CPU."""
 
+import importlib
 import os
 import re
 import random
@@ -20,10 +21,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank, world, port, seed, out, device):
-    import vocab_parallel_worker
+def _rank(rank, worker, world, port, seed, out, device):
+    importlib.import_module(worker).main(rank, world, port, seed, out, device)
 
-    vocab_parallel_worker.main(rank, world, port, seed, out, device)
+
+def _sharded_equal_unsharded(worker: str, world: int, device: str, tmp_path, min_checks: int):
+    """Runs `worker`.main on every rank; each writes its check count and failures (see
+    vocab_parallel_worker), all of which must pass."""
+    seed = random.randrange(2**31)
+    mp.spawn(_rank, args=(worker, world, _free_port(), seed, str(tmp_path), device), nprocs=world, join=True)
+    report = []
+    for rank in range(world):
+        lines = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
+        assert int(lines[0].split()[0]) > min_checks and lines[0].endswith(device), lines[0]  # every check ran, there
+        report += [f"rank {rank}: {line}" for line in lines[1:] if line.strip()]
+    assert not report, f"seed {seed}:\n" + "\n".join(report)
 
 
 @pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.cpu_only)]
@@ -32,14 +44,17 @@ def _rank(rank, world, port, seed, out, device):
 def test_sharded_losses_equal_unsharded(world, device, tmp_path):
     # On a GPU machine the ranks share the one device (gloo carries CUDA tensors): the CUDA kernels' row
     # statistics are checked the same way.
-    seed = random.randrange(2**31)
-    mp.spawn(_rank, args=(world, _free_port(), seed, str(tmp_path), device), nprocs=world, join=True)
-    report = []
-    for rank in range(world):
-        lines = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
-        assert int(lines[0].split()[0]) > 300 and lines[0].endswith(device), lines[0]  # every check ran, there
-        report += [f"rank {rank}: {line}" for line in lines[1:] if line.strip()]
-    assert not report, f"seed {seed}:\n" + "\n".join(report)
+    _sharded_equal_unsharded("vocab_parallel_worker", world, device, tmp_path, 300)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.cpu_only)]
+                         + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_weights_and_stats_equal_unsharded(world, device, tmp_path):
+    """SPEC §1's class weights and return_stats under vocabulary parallelism (uneven shards, an empty
+    one): the sharded loss, gradients and every LossStats field equal the single-process call's, argmax
+    ties across shard boundaries included, and the options add no collective."""
+    _sharded_equal_unsharded("vocab_parallel_stats_worker", world, device, tmp_path, 1000)
 
 
 @pytest.mark.cpu_only
