@@ -1,6 +1,5 @@
 """Runs inside each rank of test_vocab_parallel.py's test_sharded_weights_and_stats_equal_unsharded (gloo):
-class weights and return_stats
-with process_group, against the single-process objx call on the same inputs (itself tested against
+class weights and return_stats with process_group, against the single-process objx call on the same inputs (itself tested against
 F.cross_entropy(weight=...) and objx.reference). Failures go to `<out>/rank<r>.txt`, one per line."""
 
 import os
