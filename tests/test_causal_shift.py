@@ -124,7 +124,7 @@ def peak_over_logits(mode: str, device: str) -> float:
 
 def test_shift_does_not_copy_the_logits(device):
     """Forward and backward of shift=True hold the gradient and little else; the sliced call's
-    flattening copies logits[:, :-1] (and its backward pads the gradient into another buffer)."""
+    backward pads the gradient of logits[:, :-1] into another buffer (torch's slice backward)."""
     shift, sliced = peak_over_logits("shift", device), peak_over_logits("sliced", device)
     assert 0.9 < shift < 1.25, f"shift=True: peak {shift:.2f} x the logits"
     assert sliced > 1.75, f"sliced call: peak {sliced:.2f} x the logits (the measurement must see the copy)"

@@ -39,8 +39,10 @@ def test_shapes(device):
     logits, target = make_logits(5, 10, device=device)
     raises(ValueError, "target must have shape", lambda: objx.prob_loss(logits, target[:4]))
     raises(ValueError, "logits must be", lambda: objx.prob_loss(logits[0], target[0]))
-    raises(ValueError, "logits must be 2-D", lambda: torch.ops.objx.prob_loss_forward(
-        logits[None], target, "nll", 0.0, None, None, -100, 0.0, 0.0, None))
+    raises(ValueError, r"logits must be \[N, V\] or \[B, T, V\]", lambda: torch.ops.objx.prob_loss_forward(
+        logits[None, None], target, "nll", 0.0, None, None, -100, 0.0, 0.0, None))
+    raises(ValueError, r"logits must be \[N, V\] or \[B, T, V\]", lambda: torch.ops.objx.prob_loss_forward(
+        logits[0], target, "nll", 0.0, None, None, -100, 0.0, 0.0, None))
     raises(ValueError, "target must be 1-D", lambda: torch.ops.objx.prob_loss_forward(
         logits, target[:3], "nll", 0.0, None, None, -100, 0.0, 0.0, None))
     raises(ValueError, "empty vocabulary", lambda: objx.prob_loss(logits[:, :0], target))

@@ -88,8 +88,10 @@ def test_bad_row_lse(device):
         ops.distill_shard_sums(s, t, good, "jsdx", 1.0, 0.5)
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):
         ops.row_logsumexp(s, 0.0)
-    with pytest.raises(ValueError, match="x must be 2-D"):
+    with pytest.raises(ValueError, match=r"x must be \[N, V\] or \[B, T, V\]"):
         ops.row_logsumexp(s[0], 1.0)
+    with pytest.raises(ValueError, match=r"x must be \[N, V\] or \[B, T, V\]"):
+        ops.row_logsumexp(s[None, None], 1.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to mix devices")

@@ -72,13 +72,12 @@ void reduce_divergence(const scalar_t* s, const scalar_t* t, int64_t vocab, cons
 }
 
 template <typename scalar_t, typename acc_t>
-void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const int64_t* y,
-                  const DistillParams<acc_t>& prm, DistillForward& out, RowErrors& errors) {
+void forward_impl(const DistillInputs& in, const int64_t* y, const DistillParams<acc_t>& prm, DistillForward& out,
+                  RowErrors& errors) {
   auto& [loss, soft, hard, stats, counted] = out;
-  const int64_t rows = student.size(0), vocab = student.size(1);
-  const scalar_t* s_base = student.const_data_ptr<scalar_t>();
-  const scalar_t* t_base = teacher.const_data_ptr<scalar_t>();
-  const int64_t s_stride = student.stride(0), t_stride = teacher.stride(0);
+  const int64_t rows = in.rows, vocab = in.vocab;
+  const scalar_t* s_base = in.student.const_data_ptr<scalar_t>();
+  const scalar_t* t_base = in.teacher.const_data_ptr<scalar_t>();
   acc_t* loss_p = loss.mutable_data_ptr<acc_t>();
   acc_t* soft_p = soft.mutable_data_ptr<acc_t>();
   acc_t* hard_p = hard.mutable_data_ptr<acc_t>();
@@ -91,8 +90,8 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const in
   };
   at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* s = s_base + r * s_stride;
-      const scalar_t* t = t_base + r * t_stride;
+      const scalar_t* s = s_base + in.s_rows.offset(r);
+      const scalar_t* t = t_base + in.t_rows.offset(r);
       const int64_t yr = prm.has_target ? y[r] : 0;
       const bool counts = !prm.has_target || yr != prm.ignore_index;
       acc_t* row_stats = stats_p + r * math::kDistillRowStats;
@@ -123,20 +122,19 @@ void forward_impl(const at::Tensor& student, const at::Tensor& teacher, const in
 }
 
 template <typename scalar_t, typename acc_t>
-void backward_impl(const acc_t* grad_loss, const at::Tensor& student, const at::Tensor& teacher, const int64_t* y,
-                   const acc_t* stats, const bool* counted, const DistillParams<acc_t>& prm, at::Tensor& grad) {
-  const int64_t rows = student.size(0), vocab = student.size(1);
-  const scalar_t* s_base = student.const_data_ptr<scalar_t>();
-  const scalar_t* t_base = teacher.const_data_ptr<scalar_t>();
-  const int64_t s_stride = student.stride(0), t_stride = teacher.stride(0);
+void backward_impl(const acc_t* grad_loss, const DistillInputs& in, const int64_t* y, const acc_t* stats,
+                   const bool* counted, const DistillParams<acc_t>& prm, at::Tensor& grad) {
+  const int64_t rows = in.rows, vocab = in.vocab;
+  const scalar_t* s_base = in.student.const_data_ptr<scalar_t>();
+  const scalar_t* t_base = in.teacher.const_data_ptr<scalar_t>();
   scalar_t* out_base = grad.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
     PairPiece<acc_t> piece;
     acc_t softmax_s[PairPiece<acc_t>::kSize];
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* out = out_base + r * vocab;
-      const scalar_t* s = s_base + r * s_stride;
-      const scalar_t* t = t_base + r * t_stride;
+      const scalar_t* s = s_base + in.s_rows.offset(r);
+      const scalar_t* t = t_base + in.t_rows.offset(r);
       if (!counted[r]) {
         std::fill(out, out + vocab, scalar_t(0));
         continue;
@@ -163,33 +161,32 @@ void backward_impl(const acc_t* grad_loss, const at::Tensor& student, const at::
 
 DistillForward forward(const DistillInputs& in, RowErrors& errors) {
   const auto acc = acc_dtype(in.student.scalar_type());
-  auto out = allocate_distill_forward(in.student.size(0), in.student.options().dtype(acc));
-  if (in.student.size(0) == 0) return out;
+  auto out = allocate_distill_forward(in.rows, in.student.options().dtype(acc));
+  if (in.rows == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_forward", [&] {
     using acc_t = acc_type<scalar_t>;
-    const auto prm = make_distill_params<acc_t>(in.opt, in.student.size(1), in.has_target);
-    forward_impl<scalar_t, acc_t>(in.student, in.teacher, in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
-                                  prm, out, errors);
+    const auto prm = make_distill_params<acc_t>(in.opt, in.vocab, in.has_target);
+    forward_impl<scalar_t, acc_t>(in, in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr, prm, out, errors);
   });
   return out;
 }
 
 at::Tensor backward(const DistillInputs& in, const DistillSaved& saved) {
-  const int64_t rows = in.student.size(0);
+  const int64_t rows = in.rows;
   auto grad = at::empty(in.student.sizes(), in.student.options().memory_format(at::MemoryFormat::Contiguous));
   if (rows == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_backward", [&] {
     using acc_t = acc_type<scalar_t>;
-    backward_impl<scalar_t, acc_t>(saved.grad_loss.const_data_ptr<acc_t>(), in.student, in.teacher,
+    backward_impl<scalar_t, acc_t>(saved.grad_loss.const_data_ptr<acc_t>(), in,
                                    in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
                                    saved.stats.const_data_ptr<acc_t>(), saved.counted.const_data_ptr<bool>(),
-                                   make_distill_params<acc_t>(in.opt, in.student.size(1), in.has_target), grad);
+                                   make_distill_params<acc_t>(in.opt, in.vocab, in.has_target), grad);
   });
   return grad;
 }
 
 at::Tensor shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
-  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  const int64_t rows = in.rows, vocab = in.vocab;
   auto sums = at::empty({rows, 2}, row_lse.options());
   if (rows == 0) return sums;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_shard_sums", [&] {
@@ -197,7 +194,6 @@ at::Tensor shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
     const auto prm = make_distill_params<acc_t>(in.opt, vocab, false);
     const scalar_t* s_base = in.student.const_data_ptr<scalar_t>();
     const scalar_t* t_base = in.teacher.const_data_ptr<scalar_t>();
-    const int64_t s_stride = in.student.stride(0), t_stride = in.teacher.stride(0);
     const acc_t* lse = row_lse.const_data_ptr<acc_t>();
     acc_t* out = sums.mutable_data_ptr<acc_t>();
     at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
@@ -205,7 +201,7 @@ at::Tensor shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
         // The compared student's normaliser serves as lse(s) and lse(s/T): distill_logs reads the one
         // the method compares. lse(t) (WTTM's weight) is not needed for the sums.
         DistillRow<acc_t> row{lse[2 * r], lse[2 * r], lse[2 * r + 1], acc_t(0), acc_t(0), acc_t(0)};
-        reduce_divergence(s_base + r * s_stride, t_base + r * t_stride, vocab, prm, row);
+        reduce_divergence(s_base + in.s_rows.offset(r), t_base + in.t_rows.offset(r), vocab, prm, row);
         out[2 * r] = row.div;
         out[2 * r + 1] = row.qa;
       }

@@ -53,12 +53,12 @@ __device__ void block_divergence(const scalar_t* s, const scalar_t* t, const Dis
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
-    const scalar_t* __restrict__ student, int64_t s_stride, const scalar_t* __restrict__ teacher, int64_t t_stride,
+    const scalar_t* __restrict__ student, RowLayout s_rows, const scalar_t* __restrict__ teacher, RowLayout t_rows,
     const int64_t* __restrict__ target, DistillParams<acc_t> prm, DistillOutputs<acc_t> out) {
   const int64_t r = blockIdx.x;
   const int64_t vocab = prm.vocab;
-  const scalar_t* s = student + r * s_stride;
-  const scalar_t* t = teacher + r * t_stride;
+  const scalar_t* s = student + s_rows.offset(r);
+  const scalar_t* t = teacher + t_rows.offset(r);
   const int64_t y = prm.has_target ? target[r] : 0;
   const bool counts = !prm.has_target || y != prm.ignore_index;
   const bool bad = counts && prm.has_target && (y < 0 || y >= vocab);
@@ -110,8 +110,8 @@ __global__ void __launch_bounds__(kThreads) distill_forward_kernel(
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
-    const acc_t* __restrict__ grad_loss, const scalar_t* __restrict__ student, int64_t s_stride,
-    const scalar_t* __restrict__ teacher, int64_t t_stride, const int64_t* __restrict__ target,
+    const acc_t* __restrict__ grad_loss, const scalar_t* __restrict__ student, RowLayout s_rows,
+    const scalar_t* __restrict__ teacher, RowLayout t_rows, const int64_t* __restrict__ target,
     const acc_t* __restrict__ stats, const bool* __restrict__ counted, DistillParams<acc_t> prm,
     scalar_t* __restrict__ grad) {
   const int64_t r = blockIdx.x;
@@ -122,8 +122,8 @@ __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
     return;
   }
   const DistillRow<acc_t> row = math::distill_row_from(stats + r * math::kDistillRowStats);
-  const scalar_t* s = student + r * s_stride;
-  const scalar_t* t = teacher + r * t_stride;
+  const scalar_t* s = student + s_rows.offset(r);
+  const scalar_t* t = teacher + t_rows.offset(r);
   const int64_t y = prm.has_target ? target[r] : -1;
   const auto g = math::distill_grad_weights(prm, row, grad_loss[r]);
   map_rows(out, s, t, vocab, [&](int64_t j, scalar_t sj, scalar_t tj) {
@@ -135,12 +135,12 @@ __global__ void __launch_bounds__(kThreads) distill_backward_kernel(
 // A shard's sums: the row's log-sum-exps come from row_lse (see DistillKernels::shard_sums).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) distill_shard_sums_kernel(
-    const scalar_t* __restrict__ student, int64_t s_stride, const scalar_t* __restrict__ teacher, int64_t t_stride,
+    const scalar_t* __restrict__ student, RowLayout s_rows, const scalar_t* __restrict__ teacher, RowLayout t_rows,
     const acc_t* __restrict__ row_lse, DistillParams<acc_t> prm, acc_t* __restrict__ sums) {
   const int64_t r = blockIdx.x;
   const acc_t lse_s = row_lse[2 * r], lse_t = row_lse[2 * r + 1];
   DistillRow<acc_t> row{lse_s, lse_s, lse_t, acc_t(0), acc_t(0), acc_t(0)};
-  block_divergence(student + r * s_stride, teacher + r * t_stride, prm, row);
+  block_divergence(student + s_rows.offset(r), teacher + t_rows.offset(r), prm, row);
   if (threadIdx.x == 0) {
     sums[2 * r] = row.div;
     sums[2 * r + 1] = row.qa;
@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(kThreads) distill_shard_sums_kernel(
 
 DistillForward forward(const DistillInputs& in, RowErrors& errors) {
   const DeviceGuard guard(in.student.device());
-  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  const int64_t rows = in.rows, vocab = in.vocab;
   const auto acc = acc_dtype(in.student.scalar_type());
   auto out = allocate_distill_forward(rows, in.student.options().dtype(acc));
   if (rows == 0) return out;
@@ -159,8 +159,8 @@ DistillForward forward(const DistillInputs& in, RowErrors& errors) {
     using acc_t = acc_type<scalar_t>;
     auto& [loss, soft, hard, stats, counted] = out;
     OBJX_LAUNCH(rows, kThreads, 0, stream, distill_forward_kernel<scalar_t, acc_t>)(
-        in.student.const_data_ptr<scalar_t>(), in.student.stride(0), in.teacher.const_data_ptr<scalar_t>(),
-        in.teacher.stride(0), in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
+        in.student.const_data_ptr<scalar_t>(), in.s_rows, in.teacher.const_data_ptr<scalar_t>(),
+        in.t_rows, in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr,
         make_distill_params<acc_t>(in.opt, vocab, in.has_target),
         DistillOutputs<acc_t>{loss.mutable_data_ptr<acc_t>(), soft.mutable_data_ptr<acc_t>(),
                               hard.mutable_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>(),
@@ -173,15 +173,15 @@ DistillForward forward(const DistillInputs& in, RowErrors& errors) {
 
 at::Tensor backward(const DistillInputs& in, const DistillSaved& saved) {
   const DeviceGuard guard(in.student.device());
-  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  const int64_t rows = in.rows, vocab = in.vocab;
   auto grad = at::empty(in.student.sizes(), in.student.options().memory_format(at::MemoryFormat::Contiguous));
   if (rows == 0) return grad;
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_backward", [&] {
     using acc_t = acc_type<scalar_t>;
     OBJX_LAUNCH(rows, kThreads, 0, stream, distill_backward_kernel<scalar_t, acc_t>)(
-        saved.grad_loss.const_data_ptr<acc_t>(), in.student.const_data_ptr<scalar_t>(), in.student.stride(0),
-        in.teacher.const_data_ptr<scalar_t>(), in.teacher.stride(0),
+        saved.grad_loss.const_data_ptr<acc_t>(), in.student.const_data_ptr<scalar_t>(), in.s_rows,
+        in.teacher.const_data_ptr<scalar_t>(), in.t_rows,
         in.has_target ? in.target.const_data_ptr<int64_t>() : nullptr, saved.stats.const_data_ptr<acc_t>(),
         saved.counted.const_data_ptr<bool>(), make_distill_params<acc_t>(in.opt, vocab, in.has_target),
         grad.mutable_data_ptr<scalar_t>());
@@ -192,7 +192,7 @@ at::Tensor backward(const DistillInputs& in, const DistillSaved& saved) {
 
 at::Tensor shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
   const DeviceGuard guard(in.student.device());
-  const int64_t rows = in.student.size(0), vocab = in.student.size(1);
+  const int64_t rows = in.rows, vocab = in.vocab;
   auto sums = at::empty({rows, 2}, row_lse.options());
   if (rows == 0) return sums;
   check_grid_rows("objx.distill_shard_sums", rows);
@@ -200,8 +200,8 @@ at::Tensor shard_sums(const DistillInputs& in, const at::Tensor& row_lse) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_shard_sums", [&] {
     using acc_t = acc_type<scalar_t>;
     OBJX_LAUNCH(rows, kThreads, 0, stream, distill_shard_sums_kernel<scalar_t, acc_t>)(
-        in.student.const_data_ptr<scalar_t>(), in.student.stride(0), in.teacher.const_data_ptr<scalar_t>(),
-        in.teacher.stride(0), row_lse.const_data_ptr<acc_t>(), make_distill_params<acc_t>(in.opt, vocab, false),
+        in.student.const_data_ptr<scalar_t>(), in.s_rows, in.teacher.const_data_ptr<scalar_t>(),
+        in.t_rows, row_lse.const_data_ptr<acc_t>(), make_distill_params<acc_t>(in.opt, vocab, false),
         sums.mutable_data_ptr<acc_t>());
     OBJX_LAUNCH_CHECK();
   });

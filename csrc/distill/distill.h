@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "common/row_errors.h"
+#include "common/row_layout.h"
 #include "math/distill.h"
 
 namespace objx {
@@ -27,11 +28,14 @@ struct DistillOptions {
 void check_distill_options(const DistillOptions& opt, const std::optional<at::Tensor>& target, int64_t rows,
                            const at::Device& device, const char* rows_name);
 
-// One call's checked inputs: logits at unit vocabulary stride, target contiguous (undefined if none).
+// One call's checked inputs: logits [N, V] or [B, T, V] at unit vocabulary stride, each read
+// through its own layout (common/row_layout.h), target contiguous [rows] (undefined if none).
 struct DistillInputs {
   DistillOptions opt;
   at::Tensor student, teacher, target;
   bool has_target;
+  RowLayout s_rows = row_layout(student), t_rows = row_layout(teacher);
+  int64_t rows = row_count(student), vocab = vocab_size(student);
 };
 DistillInputs prepare_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
                                      const std::optional<at::Tensor>& target, DistillOptions opt);

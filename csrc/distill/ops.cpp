@@ -52,23 +52,25 @@ void check_distill_options(const DistillOptions& opt, const std::optional<at::Te
 
 namespace {
 
-// Student/teacher logits [N, V]: the same dtype, device, N and V.
+// Student/teacher logits [N, V] or [B, T, V]: the same dtype, device, rows and V.
 void check_logits(const at::Tensor& student, const at::Tensor& teacher) {
   constexpr const char* fn = "objx.distill_loss";
-  TORCH_CHECK_VALUE(student.dim() == 2, fn, ": student_logits must be 2-D [N, V], got shape ", student.sizes());
-  TORCH_CHECK_VALUE(teacher.dim() == 2, fn, ": teacher_logits must be 2-D [N, V], got shape ", teacher.sizes());
+  TORCH_CHECK_VALUE(student.dim() == 2 || student.dim() == 3, fn,
+                    ": student_logits must be [N, V] or [B, T, V], got shape ", student.sizes());
+  TORCH_CHECK_VALUE(teacher.dim() == 2 || teacher.dim() == 3, fn,
+                    ": teacher_logits must be [N, V] or [B, T, V], got shape ", teacher.sizes());
   TORCH_CHECK_TYPE(kernel_dtype(student.scalar_type()), fn,
                    ": student_logits must be float64, float32, bfloat16 or float16, got ", student.scalar_type());
   TORCH_CHECK_TYPE(teacher.scalar_type() == student.scalar_type(), fn, ": teacher_logits is ",
                    teacher.scalar_type(), " but student_logits is ", student.scalar_type(),
                    " (cast one to the other)");
-  TORCH_CHECK_VALUE(teacher.size(1) == student.size(1), fn, ": vocabulary mismatch: student_logits has V = ",
-                    student.size(1), ", teacher_logits has V = ", teacher.size(1));
-  TORCH_CHECK_VALUE(teacher.size(0) == student.size(0), fn, ": teacher_logits has ", teacher.size(0),
-                    " rows, student_logits has ", student.size(0));
+  TORCH_CHECK_VALUE(vocab_size(teacher) == vocab_size(student), fn, ": vocabulary mismatch: student_logits has V = ",
+                    vocab_size(student), ", teacher_logits has V = ", vocab_size(teacher));
+  TORCH_CHECK_VALUE(row_count(teacher) == row_count(student), fn, ": teacher_logits has ", row_count(teacher),
+                    " rows, student_logits has ", row_count(student));
   TORCH_CHECK_VALUE(teacher.device() == student.device(), fn, ": teacher_logits is on ", teacher.device(),
                     " but student_logits is on ", student.device());
-  TORCH_CHECK_VALUE(student.size(1) > 0 || student.size(0) == 0, fn, ": empty vocabulary (V = 0)");
+  TORCH_CHECK_VALUE(vocab_size(student) > 0 || row_count(student) == 0, fn, ": empty vocabulary (V = 0)");
 }
 
 }  // namespace
@@ -94,15 +96,15 @@ template math::DistillParams<double> make_distill_params<double>(const DistillOp
 DistillInputs prepare_distill_inputs(const at::Tensor& student, const at::Tensor& teacher,
                                      const std::optional<at::Tensor>& target, DistillOptions opt) {
   check_logits(student, teacher);
-  check_distill_options(opt, target, student.size(0), student.device(), "student_logits");
-  const auto unit = [](const at::Tensor& x) { return x.stride(1) == 1 || x.size(1) <= 1 ? x : x.contiguous(); };
-  return {std::move(opt), unit(student), unit(teacher), target ? target->contiguous() : at::Tensor(),
+  check_distill_options(opt, target, row_count(student), student.device(), "student_logits");
+  return {std::move(opt), kernel_rows(student, "objx.distill_loss", "student_logits"),
+          kernel_rows(teacher, "objx.distill_loss", "teacher_logits"), target ? target->contiguous() : at::Tensor(),
           target.has_value()};
 }
 
 DistillSaved prepare_distill_saved(const at::Tensor& rows_like, const at::Tensor& grad_loss, const at::Tensor& stats,
                                    const at::Tensor& counted) {
-  const int64_t rows = rows_like.size(0);
+  const int64_t rows = row_count(rows_like);
   const auto acc = acc_dtype(rows_like.scalar_type());
   TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == rows, "objx.distill_backward: grad_loss must be [",
                     rows, "], got ", grad_loss.sizes());
@@ -142,7 +144,7 @@ DistillForward distill_forward(const at::Tensor& student, const at::Tensor& teac
                                          {std::move(method), temperature, beta, hard_weight, soft_weight, ignore_index});
   RowErrors errors(student.options());
   auto out = K.forward(in, errors);
-  raise_distill_row_errors(errors, in.target, student.size(1), ignore_index);
+  raise_distill_row_errors(errors, in.target, in.vocab, ignore_index);
   return out;
 }
 

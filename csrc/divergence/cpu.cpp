@@ -237,7 +237,7 @@ DivRow<acc_t> reduce_row(const scalar_t* z, const scalar_t* r, int64_t vocab, co
 }
 
 DivForward forward(const DivInputs& in) {
-  const int64_t rows = in.policy.size(0), vocab = in.policy.size(1);
+  const int64_t rows = in.rows, vocab = in.vocab;
   const auto acc_opts = in.policy.options().dtype(acc_dtype(in.policy.scalar_type()));
   auto div = at::empty({rows}, acc_opts);
   auto stats = at::empty({rows, math::kDivRowStats}, acc_opts);
@@ -248,7 +248,6 @@ DivForward forward(const DivInputs& in) {
     const auto prm = make_div_params<acc_t>(in);
     const scalar_t* z = in.policy.const_data_ptr<scalar_t>();
     const scalar_t* r = in.ref.const_data_ptr<scalar_t>();
-    const int64_t zs = in.policy.stride(0), rs = in.ref.stride(0);
     acc_t* div_p = div.mutable_data_ptr<acc_t>();
     acc_t* st = stats.mutable_data_ptr<acc_t>();
     at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
@@ -259,7 +258,7 @@ DivForward forward(const DivInputs& in) {
           std::fill(out, out + math::kDivRowStats, acc_t(0));
           continue;
         }
-        const auto row = reduce_row(z + i * zs, r + i * rs, vocab, prm);
+        const auto row = reduce_row(z + in.p_rows.offset(i), r + in.r_rows.offset(i), vocab, prm);
         div_p[i] = math::div_value(prm, row);
         out[0] = row.lse_p;
         out[1] = row.lse_q;
@@ -272,7 +271,7 @@ DivForward forward(const DivInputs& in) {
 }
 
 at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats) {
-  const int64_t rows = in.policy.size(0), vocab = in.policy.size(1);
+  const int64_t rows = in.rows, vocab = in.vocab;
   auto grad = at::empty(in.policy.sizes(), in.policy.options().memory_format(at::MemoryFormat::Contiguous));
   if (rows == 0) return grad;
   const bool* mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
@@ -281,7 +280,6 @@ at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::T
     const auto prm = make_div_params<acc_t>(in);
     const scalar_t* z = in.policy.const_data_ptr<scalar_t>();
     const scalar_t* r = in.ref.const_data_ptr<scalar_t>();
-    const int64_t zs = in.policy.stride(0), rs = in.ref.stride(0);
     const acc_t* g = grad_div.const_data_ptr<acc_t>();
     const acc_t* st = stats.const_data_ptr<acc_t>();
     scalar_t* out_base = grad.mutable_data_ptr<scalar_t>();
@@ -299,7 +297,7 @@ at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::T
         const DivRow<acc_t> row{s[0], s[1], s[2], s[3]};
         for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
           const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
-          load_piece(z + i * zs, r + i * rs, start, n, row, need, piece);
+          load_piece(z + in.p_rows.offset(i), r + in.r_rows.offset(i), start, n, row, need, piece);
           piece_grad(prm, row, piece, n, grads);
           for (int64_t j = 0; j < n; ++j) out[start + j] = static_cast<scalar_t>(g[i] * grads[j]);
         }
@@ -310,7 +308,7 @@ at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::T
 }
 
 at::Tensor shard_sums(const DivInputs& in, const at::Tensor& row_lse) {
-  const int64_t rows = in.policy.size(0), vocab = in.policy.size(1);
+  const int64_t rows = in.rows, vocab = in.vocab;
   auto sums = at::empty({rows, 2}, row_lse.options());
   if (rows == 0) return sums;
   const bool* mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
@@ -319,13 +317,12 @@ at::Tensor shard_sums(const DivInputs& in, const at::Tensor& row_lse) {
     const auto prm = make_div_params<acc_t>(in);
     const scalar_t* z = in.policy.const_data_ptr<scalar_t>();
     const scalar_t* r = in.ref.const_data_ptr<scalar_t>();
-    const int64_t zs = in.policy.stride(0), rs = in.ref.stride(0);
     const acc_t* lse = row_lse.const_data_ptr<acc_t>();
     acc_t* out = sums.mutable_data_ptr<acc_t>();
     at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         DivRow<acc_t> row{lse[2 * i], lse[2 * i + 1], acc_t(0), acc_t(0)};
-        if (!mask || mask[i]) reduce_sums(z + i * zs, r + i * rs, vocab, prm, row);
+        if (!mask || mask[i]) reduce_sums(z + in.p_rows.offset(i), r + in.r_rows.offset(i), vocab, prm, row);
         out[2 * i] = row.agg;
         out[2 * i + 1] = row.pa;
       }

@@ -47,7 +47,7 @@ __device__ void block_div_sums(const scalar_t* z, const scalar_t* r, const DivPa
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) vocab_divergence_kernel(
-    const scalar_t* __restrict__ policy, int64_t zs, const scalar_t* __restrict__ ref, int64_t rs,
+    const scalar_t* __restrict__ policy, RowLayout p_rows, const scalar_t* __restrict__ ref, RowLayout r_rows,
     const bool* __restrict__ mask, DivParams<acc_t> prm, acc_t* __restrict__ div, acc_t* __restrict__ stats) {
   const int64_t i = blockIdx.x;
   acc_t* out = stats + i * math::kDivRowStats;
@@ -58,8 +58,8 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_kernel(
     }
     return;
   }
-  const scalar_t* z = policy + i * zs;
-  const scalar_t* r = ref + i * rs;
+  const scalar_t* z = policy + p_rows.offset(i);
+  const scalar_t* r = ref + r_rows.offset(i);
   math::LseState<acc_t> sp = math::lse_empty<acc_t>(), sq = math::lse_empty<acc_t>();
   for_rows(z, r, prm.vocab, [&](int64_t, scalar_t zj, scalar_t rj) {
     math::lse_add(sp, static_cast<acc_t>(zj));
@@ -78,8 +78,8 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_kernel(
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) vocab_divergence_backward_kernel(
-    const acc_t* __restrict__ grad_div, const scalar_t* __restrict__ policy, int64_t zs,
-    const scalar_t* __restrict__ ref, int64_t rs, const bool* __restrict__ mask, const acc_t* __restrict__ stats,
+    const acc_t* __restrict__ grad_div, const scalar_t* __restrict__ policy, RowLayout p_rows,
+    const scalar_t* __restrict__ ref, RowLayout r_rows, const bool* __restrict__ mask, const acc_t* __restrict__ stats,
     DivParams<acc_t> prm, scalar_t* __restrict__ grad) {
   const int64_t i = blockIdx.x;
   scalar_t* out = grad + i * prm.vocab;
@@ -89,8 +89,8 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_backward_kernel(
   }
   const acc_t* s = stats + i * math::kDivRowStats;
   const DivRow<acc_t> row{s[0], s[1], s[2], s[3]};
-  const scalar_t* z = policy + i * zs;
-  const scalar_t* r = ref + i * rs;
+  const scalar_t* z = policy + p_rows.offset(i);
+  const scalar_t* r = ref + r_rows.offset(i);
   const acc_t g = grad_div[i];
   map_rows(out, z, r, prm.vocab, [&](int64_t, scalar_t zj, scalar_t rj) {
     const acc_t log_p = static_cast<acc_t>(zj) - row.lse_p, log_q = static_cast<acc_t>(rj) - row.lse_q;
@@ -101,12 +101,12 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_backward_kernel(
 // A shard's sums: the row's log-sum-exps come from row_lse (see DivKernels::shard_sums).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) vocab_divergence_shard_sums_kernel(
-    const scalar_t* __restrict__ policy, int64_t zs, const scalar_t* __restrict__ ref, int64_t rs,
+    const scalar_t* __restrict__ policy, RowLayout p_rows, const scalar_t* __restrict__ ref, RowLayout r_rows,
     const bool* __restrict__ mask, const acc_t* __restrict__ row_lse, DivParams<acc_t> prm,
     acc_t* __restrict__ sums) {
   const int64_t i = blockIdx.x;
   DivRow<acc_t> row{row_lse[2 * i], row_lse[2 * i + 1], acc_t(0), acc_t(0)};
-  if (!mask || mask[i]) block_div_sums(policy + i * zs, ref + i * rs, prm, row);  // uniform over the block
+  if (!mask || mask[i]) block_div_sums(policy + p_rows.offset(i), ref + r_rows.offset(i), prm, row);  // uniform over the block
   if (threadIdx.x == 0) {
     sums[2 * i] = row.agg;
     sums[2 * i + 1] = row.pa;
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) vocab_divergence_shard_sums_kernel(
 
 DivForward forward(const DivInputs& in) {
   const DeviceGuard guard(in.policy.device());
-  const int64_t rows = in.policy.size(0);
+  const int64_t rows = in.rows;
   const auto acc_opts = in.policy.options().dtype(acc_dtype(in.policy.scalar_type()));
   auto div = at::empty({rows}, acc_opts);
   auto stats = at::empty({rows, math::kDivRowStats}, acc_opts);
@@ -125,8 +125,8 @@ DivForward forward(const DivInputs& in) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_vocab_divergence", [&] {
     using acc_t = acc_type<scalar_t>;
     OBJX_LAUNCH(rows, kThreads, 0, stream, vocab_divergence_kernel<scalar_t, acc_t>)(
-        in.policy.const_data_ptr<scalar_t>(), in.policy.stride(0), in.ref.const_data_ptr<scalar_t>(),
-        in.ref.stride(0), in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr, make_div_params<acc_t>(in),
+        in.policy.const_data_ptr<scalar_t>(), in.p_rows, in.ref.const_data_ptr<scalar_t>(),
+        in.r_rows, in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr, make_div_params<acc_t>(in),
         div.mutable_data_ptr<acc_t>(), stats.mutable_data_ptr<acc_t>());
     OBJX_LAUNCH_CHECK();
   });
@@ -135,7 +135,7 @@ DivForward forward(const DivInputs& in) {
 
 at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::Tensor& stats) {
   const DeviceGuard guard(in.policy.device());
-  const int64_t rows = in.policy.size(0);
+  const int64_t rows = in.rows;
   auto grad = at::empty(in.policy.sizes(), in.policy.options().memory_format(at::MemoryFormat::Contiguous));
   if (rows == 0) return grad;
   check_grid_rows("objx.vocab_divergence", rows);
@@ -143,8 +143,8 @@ at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.policy.scalar_type(), "objx_vocab_divergence_bwd", [&] {
     using acc_t = acc_type<scalar_t>;
     OBJX_LAUNCH(rows, kThreads, 0, stream, vocab_divergence_backward_kernel<scalar_t, acc_t>)(
-        grad_div.const_data_ptr<acc_t>(), in.policy.const_data_ptr<scalar_t>(), in.policy.stride(0),
-        in.ref.const_data_ptr<scalar_t>(), in.ref.stride(0), in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr,
+        grad_div.const_data_ptr<acc_t>(), in.policy.const_data_ptr<scalar_t>(), in.p_rows,
+        in.ref.const_data_ptr<scalar_t>(), in.r_rows, in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr,
         stats.const_data_ptr<acc_t>(), make_div_params<acc_t>(in), grad.mutable_data_ptr<scalar_t>());
     OBJX_LAUNCH_CHECK();
   });
@@ -153,7 +153,7 @@ at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::T
 
 at::Tensor shard_sums(const DivInputs& in, const at::Tensor& row_lse) {
   const DeviceGuard guard(in.policy.device());
-  const int64_t rows = in.policy.size(0);
+  const int64_t rows = in.rows;
   auto sums = at::empty({rows, 2}, row_lse.options());
   if (rows == 0) return sums;
   check_grid_rows("objx.vocab_divergence", rows);
@@ -162,8 +162,8 @@ at::Tensor shard_sums(const DivInputs& in, const at::Tensor& row_lse) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "objx_div_shard_sums", [&] {
     using acc_t = acc_type<scalar_t>;
     OBJX_LAUNCH(rows, kThreads, 0, stream, vocab_divergence_shard_sums_kernel<scalar_t, acc_t>)(
-        in.policy.const_data_ptr<scalar_t>(), in.policy.stride(0), in.ref.const_data_ptr<scalar_t>(),
-        in.ref.stride(0), in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr,
+        in.policy.const_data_ptr<scalar_t>(), in.p_rows, in.ref.const_data_ptr<scalar_t>(),
+        in.r_rows, in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr,
         row_lse.const_data_ptr<acc_t>(), make_div_params<acc_t>(in), sums.mutable_data_ptr<acc_t>());
     OBJX_LAUNCH_CHECK();
   });

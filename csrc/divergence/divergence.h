@@ -7,15 +7,19 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "common/row_layout.h"
 #include "math/divergence.h"
 
 namespace objx {
 
-// One call's checked inputs: logits at unit vocabulary stride, mask contiguous (undefined if none).
+// One call's checked inputs: logits [N, V] or [B, T, V] at unit vocabulary stride, each read through
+// its own layout (common/row_layout.h); mask contiguous [rows] or undefined.
 struct DivInputs {
   std::string kind;
   double alpha;
   at::Tensor policy, ref, mask;
+  RowLayout p_rows = row_layout(policy), r_rows = row_layout(ref);
+  int64_t rows = row_count(policy), vocab = vocab_size(policy);
 };
 
 template <typename acc_t>

@@ -10,6 +10,7 @@
 #include "common/acc_type.h"
 #include "common/kernels.h"
 #include "common/nvtx.h"
+#include "common/row_layout.h"
 #include "row_lse/row_lse.h"
 
 namespace objx {
@@ -33,16 +34,19 @@ math::DivKind parse_kind(const std::string& kind) {
 
 DivInputs prepare(const at::Tensor& policy, const at::Tensor& ref, std::string kind, double alpha,
                   const std::optional<at::Tensor>& mask) {
-  TORCH_CHECK_VALUE(policy.dim() == 2, kFn, ": policy_logits must be 2-D [N, V], got shape ", policy.sizes());
-  TORCH_CHECK_VALUE(ref.sizes() == policy.sizes(), kFn, ": ref_logits must have policy_logits' shape ",
-                    policy.sizes(), ", got ", ref.sizes());
+  TORCH_CHECK_VALUE(policy.dim() == 2 || policy.dim() == 3, kFn,
+                    ": policy_logits must be [N, V] or [B, T, V], got shape ", policy.sizes());
+  TORCH_CHECK_VALUE((ref.dim() == 2 || ref.dim() == 3) && row_count(ref) == row_count(policy) &&
+                        vocab_size(ref) == vocab_size(policy),
+                    kFn, ": ref_logits must have policy_logits' rows and vocabulary (", row_count(policy), " x ",
+                    vocab_size(policy), ", shape ", policy.sizes(), "), got shape ", ref.sizes());
   TORCH_CHECK_TYPE(kernel_dtype(policy.scalar_type()), kFn,
                    ": policy_logits must be float64, float32, bfloat16 or float16, got ", policy.scalar_type());
   TORCH_CHECK_TYPE(ref.scalar_type() == policy.scalar_type(), kFn, ": ref_logits is ", ref.scalar_type(),
                    " but policy_logits is ", policy.scalar_type());
   TORCH_CHECK_VALUE(ref.device() == policy.device(), kFn, ": ref_logits is on ", ref.device(),
                     " but policy_logits is on ", policy.device());
-  TORCH_CHECK_VALUE(policy.size(1) > 0 || policy.size(0) == 0, kFn, ": empty vocabulary (V = 0)");
+  TORCH_CHECK_VALUE(vocab_size(policy) > 0 || row_count(policy) == 0, kFn, ": empty vocabulary (V = 0)");
   const auto k = parse_kind(kind);
   if (k == math::DivKind::kRenyi)
     TORCH_CHECK_VALUE(alpha > 0 && alpha != 1 && std::isfinite(alpha), kFn,
@@ -52,13 +56,13 @@ DivInputs prepare(const at::Tensor& policy, const at::Tensor& ref, std::string k
                       ": alpha needs div_alpha not in {0, 1}, got ", alpha);
   if (mask) {
     TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, kFn, ": mask must be bool, got ", mask->scalar_type());
-    TORCH_CHECK_VALUE(mask->dim() == 1 && mask->size(0) == policy.size(0), kFn, ": mask must be [N] with N = ",
-                      policy.size(0), ", got shape ", mask->sizes());
+    TORCH_CHECK_VALUE(mask->dim() == 1 && mask->size(0) == row_count(policy), kFn, ": mask must be [N] with N = ",
+                      row_count(policy), ", got shape ", mask->sizes());
     TORCH_CHECK_VALUE(mask->device() == policy.device(), kFn, ": mask is on ", mask->device(),
                       " but policy_logits is on ", policy.device());
   }
-  const auto unit = [](const at::Tensor& x) { return x.stride(1) == 1 || x.size(1) <= 1 ? x : x.contiguous(); };
-  return {std::move(kind), alpha, unit(policy), unit(ref), mask ? mask->contiguous() : at::Tensor()};
+  return {std::move(kind), alpha, kernel_rows(policy, kFn, "policy_logits"), kernel_rows(ref, kFn, "ref_logits"),
+          mask ? mask->contiguous() : at::Tensor()};
 }
 
 // A row that mask keeps whose policy or reference logits are -inf everywhere is not a distribution
@@ -80,7 +84,7 @@ DivForward vocab_divergence_forward(const at::Tensor& policy, const at::Tensor& 
                                     double div_alpha, const std::optional<at::Tensor>& mask, bool whole_rows) {
   NvtxRange range("objx::vocab_divergence_forward");
   auto out = K.forward(prepare(policy, ref, std::move(kind), div_alpha, mask));
-  if (whole_rows && policy.size(0) > 0) check_whole_rows(std::get<1>(out));
+  if (whole_rows && row_count(policy) > 0) check_whole_rows(std::get<1>(out));
   return out;
 }
 
@@ -90,7 +94,7 @@ at::Tensor vocab_divergence_backward(const at::Tensor& grad_div, const at::Tenso
                                      const std::optional<at::Tensor>& mask) {
   NvtxRange range("objx::vocab_divergence_backward");
   const auto in = prepare(policy, ref, std::move(kind), div_alpha, mask);
-  const int64_t rows = in.policy.size(0);
+  const int64_t rows = in.rows;
   const auto acc = acc_dtype(in.policy.scalar_type());
   TORCH_CHECK_VALUE(grad_div.dim() == 1 && grad_div.size(0) == rows, kFn, "_backward: grad must be [", rows,
                     "], got ", grad_div.sizes());
@@ -121,7 +125,7 @@ void register_ops(torch::Library& m) {
 
 template <typename acc_t>
 math::DivParams<acc_t> make_div_params(const DivInputs& in) {
-  return {parse_kind(in.kind), static_cast<acc_t>(in.alpha), in.policy.size(1)};
+  return {parse_kind(in.kind), static_cast<acc_t>(in.alpha), in.vocab};
 }
 template math::DivParams<float> make_div_params<float>(const DivInputs&);
 template math::DivParams<double> make_div_params<double>(const DivInputs&);

@@ -125,14 +125,14 @@ void finish_rows(int64_t rows, int64_t grain, ProbLossForward& out, RowErrors& e
 }
 
 template <typename scalar_t, typename acc_t>
-void forward_impl(const at::Tensor& logits, const at::Tensor& target, const ProbLossParams<acc_t>& prm,
-                  ProbLossForward& out, RowErrors& errors) {
-  const int64_t vocab = logits.size(1), stride = logits.stride(0);
-  const scalar_t* z = logits.const_data_ptr<scalar_t>();
-  const int64_t* y = target.const_data_ptr<int64_t>();
-  finish_rows<acc_t>(logits.size(0), row_grain(vocab, kTaskLogits), out, errors, [&](int64_t r) {
+void forward_impl(const ProbLossInputs& in, const ProbLossParams<acc_t>& prm, ProbLossForward& out,
+                  RowErrors& errors) {
+  const int64_t vocab = in.vocab;
+  const scalar_t* z = in.logits.const_data_ptr<scalar_t>();
+  const int64_t* y = in.target.const_data_ptr<int64_t>();
+  finish_rows<acc_t>(in.rows, row_grain(vocab, kTaskLogits), out, errors, [&](int64_t r) {
     RowState<acc_t> s{math::lse_empty<acc_t>(), acc_t(0), 0.0, -std::numeric_limits<acc_t>::infinity()};
-    reduce_row(z + r * stride, vocab, math::gold_column(y[r], prm.ignore_index, 0, vocab),
+    reduce_row(z + in.layout.offset(r), vocab, math::gold_column(y[r], prm.ignore_index, 0, vocab),
                math::columns_before_target(y[r], prm.ignore_index, 0, vocab), prm, prm.class_weight, s);
     return math::prob_row_finish(prm, y[r], s.others, s.z_gold, static_cast<acc_t>(s.sum_z), s.max_before);
   });
@@ -200,7 +200,7 @@ void grad_row(const double* row, int64_t cols, int64_t t, math::SoftmaxRef<doubl
 
 // Gradient of logits columns [col_offset, col_offset + cols) into out (row stride out_stride).
 template <typename scalar_t, typename acc_t>
-void backward_impl(const scalar_t* z, int64_t rows, int64_t cols, int64_t stride, const at::Tensor& target,
+void backward_impl(const scalar_t* z, int64_t rows, int64_t cols, RowLayout layout, const at::Tensor& target,
                    int64_t col_offset, const ProbLossSaved& saved, const ProbLossParams<acc_t>& prm,
                    scalar_t* out, int64_t out_stride) {
   const int64_t* y = target.const_data_ptr<int64_t>();
@@ -219,20 +219,20 @@ void backward_impl(const scalar_t* z, int64_t rows, int64_t cols, int64_t stride
       const acc_t* w = prm.class_weight != nullptr ? prm.class_weight + col_offset : nullptr;
       const int64_t t = y[r] - col_offset;
       const bool whole = col_offset == 0 && cols == prm.vocab && t >= 0 && t < cols;
+      const scalar_t* row = z + layout.offset(r);
       const auto sm = math::softmax_ref(
-          lse_p[r], logp_p[r], whole, whole ? math::softcap_value(static_cast<acc_t>(z[r * stride + t]), prm.softcap) : acc_t(0));
-      grad_row(z + r * stride, cols, t, sm, coef, prm.softcap, w, dst);
+          lse_p[r], logp_p[r], whole, whole ? math::softcap_value(static_cast<acc_t>(row[t]), prm.softcap) : acc_t(0));
+      grad_row(row, cols, t, sm, coef, prm.softcap, w, dst);
     }
   });
 }
 
 ProbLossForward forward(const ProbLossInputs& in, RowErrors& errors) {
-  auto out = allocate_prob_loss_forward(in.logits.size(0), in.logits.options().dtype(acc_dtype(in.logits.scalar_type())));
-  if (in.logits.size(0) == 0) return out;
+  auto out = allocate_prob_loss_forward(in.rows, in.logits.options().dtype(acc_dtype(in.logits.scalar_type())));
+  if (in.rows == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.logits.scalar_type(), "objx_prob_loss_forward", [&] {
     using acc_t = acc_type<scalar_t>;
-    forward_impl<scalar_t, acc_t>(in.logits, in.target, make_prob_loss_params<acc_t>(in.opt, in.logits.size(1)), out,
-                                   errors);
+    forward_impl<scalar_t, acc_t>(in, make_prob_loss_params<acc_t>(in.opt, in.vocab), out, errors);
   });
   return out;
 }
@@ -240,14 +240,13 @@ ProbLossForward forward(const ProbLossInputs& in, RowErrors& errors) {
 at::Tensor backward(const ProbLossInputs& in, const ProbLossSaved& saved) {
   const at::Tensor& logits = in.logits;
   auto grad = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
-  if (logits.size(0) == 0) return grad;
+  if (in.rows == 0) return grad;
   advise_huge_pages(grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {
     using acc_t = acc_type<scalar_t>;
-    backward_impl<scalar_t, acc_t>(logits.const_data_ptr<scalar_t>(), logits.size(0), logits.size(1),
-                                   logits.stride(0), in.target, 0, saved,
-                                   make_prob_loss_params<acc_t>(in.opt, logits.size(1)),
-                                   grad.mutable_data_ptr<scalar_t>(), logits.size(1));
+    backward_impl<scalar_t, acc_t>(logits.const_data_ptr<scalar_t>(), in.rows, in.vocab, in.layout, in.target, 0,
+                                   saved, make_prob_loss_params<acc_t>(in.opt, in.vocab),
+                                   grad.mutable_data_ptr<scalar_t>(), in.vocab);
   });
   return grad;
 }
@@ -313,7 +312,7 @@ void tile_grad(at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, tile.scalar_type(), "objx_prob_tile_grad", [&] {
     using acc_t = acc_type<scalar_t>;
     scalar_t* z = tile.mutable_data_ptr<scalar_t>();
-    backward_impl<scalar_t, acc_t>(z, tile.size(0), tile.size(1), tile.stride(0), target, col_offset, saved,
+    backward_impl<scalar_t, acc_t>(z, tile.size(0), tile.size(1), RowLayout{tile.stride(0)}, target, col_offset, saved,
                                    make_prob_loss_params<acc_t>(opt, vocab), z, tile.stride(0));
   });
 }

@@ -117,12 +117,12 @@ __device__ __forceinline__ void write_row(const RowOutputs<acc_t>& out, int64_t 
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) prob_loss_forward_kernel(
-    const scalar_t* __restrict__ logits, int64_t stride, const int64_t* __restrict__ target,
+    const scalar_t* __restrict__ logits, RowLayout layout, const int64_t* __restrict__ target,
     ProbLossParams<acc_t> prm, RowOutputs<acc_t> out) {
   const int64_t r = blockIdx.x;
   const int64_t t = target[r];
   const int64_t gold = math::gold_column(t, prm.ignore_index, 0, prm.vocab);
-  const scalar_t* row = logits + r * stride;
+  const scalar_t* row = logits + layout.offset(r);
   const acc_t z_gold = gold >= 0 ? math::softcap_value(static_cast<acc_t>(row[gold]), prm.softcap) : acc_t(0);
   // Thread 0 seeds the target's logit into the max (it stays out of the exp-sum).
   RowReduce<acc_t> st{threadIdx.x == 0 && gold >= 0 ? math::gold_seed(z_gold) : math::lse_empty<acc_t>(), acc_t(0),
@@ -188,14 +188,14 @@ __device__ __forceinline__ scalar_t grad_value(acc_t z, int64_t j, int64_t t, ma
 // tile overwritten with its gradient: each element is read by the thread that writes it).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) prob_loss_backward_kernel(
-    const acc_t* __restrict__ grad_loss, const scalar_t* logits, int64_t cols, int64_t stride,
+    const acc_t* __restrict__ grad_loss, const scalar_t* logits, int64_t cols, RowLayout layout,
     const int64_t* __restrict__ target, int64_t col_offset, const acc_t* __restrict__ lse,
     const acc_t* __restrict__ logp, const bool* __restrict__ counted, ProbLossParams<acc_t> prm,
     scalar_t* out_base, int64_t out_stride) {
   using P = Pack<scalar_t>;
   constexpr int K = P::kSize;
   const int64_t r = blockIdx.x;
-  const scalar_t* row = logits + r * stride;
+  const scalar_t* row = logits + layout.offset(r);
   scalar_t* out = out_base + r * out_stride;
   const bool live = counted[r];
   const int64_t t = target[r] - col_offset;
@@ -246,7 +246,7 @@ RowOutputs<acc_t> row_outputs(ProbLossForward& out, RowErrors& errors) {
 ProbLossForward forward(const ProbLossInputs& in, RowErrors& errors) {
   const DeviceGuard guard(in.logits.device());
   const at::Tensor& logits = in.logits;
-  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  const int64_t rows = in.rows, vocab = in.vocab;
   auto out = allocate_prob_loss_forward(rows, logits.options().dtype(acc_dtype(logits.scalar_type())));
   if (rows == 0) return out;
   check_grid_rows("objx.prob_loss", rows);
@@ -254,26 +254,27 @@ ProbLossForward forward(const ProbLossInputs& in, RowErrors& errors) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_forward", [&] {
     using acc_t = acc_type<scalar_t>;
     OBJX_LAUNCH(rows, kThreads, 0, stream, prob_loss_forward_kernel<scalar_t, acc_t>)(
-        logits.const_data_ptr<scalar_t>(), logits.stride(0), in.target.const_data_ptr<int64_t>(),
+        logits.const_data_ptr<scalar_t>(), in.layout, in.target.const_data_ptr<int64_t>(),
         make_prob_loss_params<acc_t>(in.opt, vocab), row_outputs<acc_t>(out, errors));
     OBJX_LAUNCH_CHECK();
   });
   return out;
 }
 
-void launch_backward(const at::Tensor& logits, const at::Tensor& target, int64_t col_offset,
-                     const ProbLossSaved& saved, const ProbLossOptions& opt, int64_t vocab, at::Tensor& out) {
-  const int64_t rows = logits.size(0);
+// logits: rows read through layout, cols = vocab_size(logits) columns; out: [rows, cols] rows.
+void launch_backward(const at::Tensor& logits, RowLayout layout, int64_t rows, const at::Tensor& target,
+                     int64_t col_offset, const ProbLossSaved& saved, const ProbLossOptions& opt, int64_t vocab,
+                     at::Tensor& out, int64_t out_stride) {
   if (rows == 0) return;
   check_grid_rows("objx.prob_loss", rows);
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "objx_prob_loss_backward", [&] {
     using acc_t = acc_type<scalar_t>;
     OBJX_LAUNCH(rows, kThreads, 0, stream, prob_loss_backward_kernel<scalar_t, acc_t>)(
-        saved.grad_loss.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(), logits.size(1),
-        logits.stride(0), target.const_data_ptr<int64_t>(), col_offset, saved.lse.const_data_ptr<acc_t>(),
+        saved.grad_loss.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(), vocab_size(logits),
+        layout, target.const_data_ptr<int64_t>(), col_offset, saved.lse.const_data_ptr<acc_t>(),
         saved.logp.const_data_ptr<acc_t>(), saved.counted.const_data_ptr<bool>(),
-        make_prob_loss_params<acc_t>(opt, vocab), out.mutable_data_ptr<scalar_t>(), out.stride(0));
+        make_prob_loss_params<acc_t>(opt, vocab), out.mutable_data_ptr<scalar_t>(), out_stride);
     OBJX_LAUNCH_CHECK();
   });
 }
@@ -281,7 +282,7 @@ void launch_backward(const at::Tensor& logits, const at::Tensor& target, int64_t
 at::Tensor backward(const ProbLossInputs& in, const ProbLossSaved& saved) {
   const DeviceGuard guard(in.logits.device());
   auto grad = at::empty(in.logits.sizes(), in.logits.options().memory_format(at::MemoryFormat::Contiguous));
-  launch_backward(in.logits, in.target, 0, saved, in.opt, in.logits.size(1), grad);
+  launch_backward(in.logits, in.layout, in.rows, in.target, 0, saved, in.opt, in.vocab, grad, in.vocab);
   return grad;
 }
 
@@ -334,7 +335,8 @@ ProbLossForward tile_finish(const ProbTileState& state, const at::Tensor& target
 void tile_grad(at::Tensor& tile, const at::Tensor& target, int64_t col_offset,
                     const ProbLossSaved& saved, const ProbLossOptions& opt, int64_t vocab) {
   const DeviceGuard guard(tile.device());
-  launch_backward(tile, target, col_offset, saved, opt, vocab, tile);
+  launch_backward(tile, RowLayout{tile.stride(0)}, tile.size(0), target, col_offset, saved, opt, vocab, tile,
+                  tile.stride(0));
 }
 
 }  // namespace

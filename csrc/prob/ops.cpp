@@ -11,6 +11,7 @@
 #include "common/acc_type.h"
 #include "common/kernels.h"
 #include "common/nvtx.h"
+#include "common/row_layout.h"
 
 namespace objx {
 namespace {
@@ -25,19 +26,19 @@ math::ObjectiveKind parse_objective(const std::string& name) {
 
 void check_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
                             const ProbLossOptions& opt) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "objx.prob_loss: logits must be 2-D [N, V], got shape ",
-                    logits.sizes());
+  TORCH_CHECK_VALUE(logits.dim() == 2 || logits.dim() == 3,
+                    "objx.prob_loss: logits must be [N, V] or [B, T, V], got shape ", logits.sizes());
   TORCH_CHECK_TYPE(kernel_dtype(logits.scalar_type()),
                    "objx.prob_loss: logits must be float64, float32, bfloat16 or float16, got ",
                    logits.scalar_type());
   TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "objx.prob_loss: target must be int64, got ",
                    target.scalar_type());
-  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0),
-                    "objx.prob_loss: target must be 1-D with N = ", logits.size(0),
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == row_count(logits),
+                    "objx.prob_loss: target must be 1-D with N = ", row_count(logits),
                     " entries (logits is ", logits.sizes(), "), got shape ", target.sizes());
   TORCH_CHECK_VALUE(target.device() == logits.device(), "objx.prob_loss: target is on ",
                     target.device(), " but logits is on ", logits.device());
-  TORCH_CHECK_VALUE(logits.size(1) > 0 || logits.size(0) == 0,
+  TORCH_CHECK_VALUE(vocab_size(logits) > 0 || row_count(logits) == 0,
                     "objx.prob_loss: logits has an empty vocabulary (V = 0)");
   check_prob_loss_options(opt);
 }
@@ -76,7 +77,7 @@ void check_prob_loss_options(const ProbLossOptions& opt) {
 ProbLossSaved prepare_prob_loss_saved(const at::Tensor& rows_like, const at::Tensor& grad_loss,
                                       const at::Tensor& lse, const at::Tensor& logp,
                                       const at::Tensor& counted) {
-  const auto n = rows_like.size(0);
+  const auto n = row_count(rows_like);
   const auto acc = acc_dtype(rows_like.scalar_type());
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_loss", grad_loss},
                                 {"lse", lse}, {"token_logprob", logp}, {"counted", counted}}) {
@@ -94,9 +95,9 @@ ProbLossSaved prepare_prob_loss_saved(const at::Tensor& rows_like, const at::Ten
 ProbLossInputs prepare_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target,
                                         ProbLossOptions opt) {
   check_prob_loss_inputs(logits, target, opt);
-  // Unit stride along the vocabulary is all the kernels need; copy only when it is missing.
-  const bool unit = logits.stride(1) == 1 || logits.size(1) <= 1;
-  return {std::move(opt), unit ? logits : logits.contiguous(), target.contiguous()};
+  auto rows = kernel_rows(logits, "objx.prob_loss", "logits");
+  const auto layout = row_layout(rows);
+  return {std::move(opt), std::move(rows), target.contiguous(), layout, row_count(logits), vocab_size(logits)};
 }
 
 template <typename acc_t>
@@ -166,10 +167,10 @@ ProbLossForward prob_loss_forward(const at::Tensor& logits, const at::Tensor& ta
   NvtxRange range("objx::prob_loss_forward");
   auto in = prepare_prob_loss_inputs(
       logits, target, {std::move(objective), param, min_prob, max_prob, ignore_index, label_smoothing, z_loss, softcap});
-  set_prob_class_weight(in.opt, class_weight, in.logits, in.logits.size(1), "objx.prob_loss", "weight");
+  set_prob_class_weight(in.opt, class_weight, in.logits, in.vocab, "objx.prob_loss", "weight");
   RowErrors errors(logits.options());
   auto out = K.forward(in, errors);
-  raise_prob_loss_row_errors(errors, in.target, logits.size(1), ignore_index);
+  raise_prob_loss_row_errors(errors, in.target, in.vocab, ignore_index);
   return out;
 }
 
@@ -183,7 +184,7 @@ at::Tensor prob_loss_backward(const at::Tensor& grad_loss, const at::Tensor& log
   auto in = prepare_prob_loss_inputs(
       logits, target,
       {std::move(objective), param, std::nullopt, std::nullopt, ignore_index, label_smoothing, z_loss, softcap});
-  set_prob_class_weight(in.opt, class_weight, in.logits, in.logits.size(1), "objx.prob_loss", "weight");
+  set_prob_class_weight(in.opt, class_weight, in.logits, in.vocab, "objx.prob_loss", "weight");
   return K.backward(in, prepare_prob_loss_saved(in.logits, grad_loss, lse, logp, counted));
 }
 

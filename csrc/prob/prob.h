@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "common/row_errors.h"
+#include "common/row_layout.h"
 #include "math/prob_objective.h"
 
 namespace objx {
@@ -40,11 +41,14 @@ void check_prob_loss_options(const ProbLossOptions& opt);
 template <typename acc_t>
 math::ProbLossParams<acc_t> make_prob_loss_params(const ProbLossOptions& opt, int64_t vocab);
 
-// One call's inputs, checked and kernel-ready: vocabulary at unit stride, target contiguous.
+// One call's inputs, checked and kernel-ready: logits [N, V] or [B, T, V] with the vocabulary at
+// unit stride, read through `layout` (common/row_layout.h); target contiguous [rows].
 struct ProbLossInputs {
   ProbLossOptions opt;
   at::Tensor logits;
   at::Tensor target;
+  RowLayout layout;
+  int64_t rows, vocab;
 };
 ProbLossInputs prepare_prob_loss_inputs(const at::Tensor& logits, const at::Tensor& target, ProbLossOptions opt);
 

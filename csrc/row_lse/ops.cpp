@@ -10,6 +10,7 @@
 #include "common/acc_type.h"
 #include "common/kernels.h"
 #include "common/nvtx.h"
+#include "common/row_layout.h"
 
 namespace objx {
 namespace {
@@ -17,12 +18,11 @@ namespace {
 template <const RowLseKernels& K>
 at::Tensor row_logsumexp(const at::Tensor& x, double temperature) {
   NvtxRange range("objx::row_logsumexp");
-  TORCH_CHECK_VALUE(x.dim() == 2, "objx.row_logsumexp: x must be 2-D [N, V], got shape ", x.sizes());
   TORCH_CHECK_TYPE(kernel_dtype(x.scalar_type()), "objx.row_logsumexp: x must be float64, float32, bfloat16 "
                    "or float16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0,
                     "objx.row_logsumexp: temperature must be finite and > 0, got ", temperature);
-  return K.logsumexp(x.stride(1) == 1 || x.size(1) <= 1 ? x : x.contiguous(), temperature);
+  return K.logsumexp(kernel_rows(x, "objx.row_logsumexp", "x"), temperature);
 }
 
 template <const RowLseKernels& K>
@@ -34,8 +34,9 @@ void register_ops(torch::Library& m) {
 
 void check_shard_row_lse(const char* fn, const at::Tensor& logits, const at::Tensor& row_lse) {
   const auto acc = acc_dtype(logits.scalar_type());
-  TORCH_CHECK_VALUE(row_lse.dim() == 2 && row_lse.size(0) == logits.size(0) && row_lse.size(1) == 2, fn,
-                    ": row_lse must be [", logits.size(0), ", 2], got shape ", row_lse.sizes());
+  const int64_t rows = row_count(logits);
+  TORCH_CHECK_VALUE(row_lse.dim() == 2 && row_lse.size(0) == rows && row_lse.size(1) == 2, fn,
+                    ": row_lse must be [", rows, ", 2], got shape ", row_lse.sizes());
   TORCH_CHECK_TYPE(row_lse.scalar_type() == acc, fn, ": row_lse must be ", acc, ", got ", row_lse.scalar_type());
   TORCH_CHECK_VALUE(row_lse.device() == logits.device(), fn, ": row_lse is on ", row_lse.device(),
                     " but the logits are on ", logits.device());

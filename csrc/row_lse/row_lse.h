@@ -11,7 +11,8 @@ namespace objx {
 void check_shard_row_lse(const char* fn, const at::Tensor& logits, const at::Tensor& row_lse);
 
 struct RowLseKernels {
-  // x: [N, V] at unit vocabulary stride; -inf for a row with no mass (or V = 0).
+  // x: [N, V] or [B, T, V] at unit vocabulary stride (common/row_layout.h) -> [rows]; -inf for a
+  // row with no mass (or V = 0).
   at::Tensor (*logsumexp)(const at::Tensor& x, double temperature);
 };
 extern const RowLseKernels kCpuRowLseKernels;   // row_lse/cpu.cpp

@@ -224,6 +224,12 @@ def saved(ctx) -> dict:
     return dict(zip(ctx.saved_names, ctx.saved_tensors))
 
 
+def fake_rows(fn: str, x: torch.Tensor, name: str):
+    """The rows of a logits input [N, V] or [B, T, V] in a fake (common/row_layout.h's row_count)."""
+    torch._check(x.dim() in (2, 3), lambda: f"{fn}: {name} must be [N, V] or [B, T, V]")
+    return x.shape[0] if x.dim() == 2 else x.shape[0] * x.shape[1]
+
+
 def register_grad_fake(op_name: str, like: str) -> None:
     """The fake of a backward op that returns the gradient of its input `like`, contiguous."""
     torch.library.register_fake(f"objx::{op_name}")(
@@ -231,11 +237,11 @@ def register_grad_fake(op_name: str, like: str) -> None:
 
 
 def register_row_sums_fake(op_name: str) -> None:
-    """The fake of a shard-sums op: [N, 2] in the accumulation dtype of its first input, [N, V]."""
+    """The fake of a shard-sums op: [N, 2] in the accumulation dtype of its first input, [N, V] or
+    [B, T, V]."""
     def fake(*inputs):
         x = inputs[0]
-        torch._check(x.dim() == 2, lambda: f"objx.{op_name}: the logits must be 2-D [N, V]")
-        return x.new_empty(x.shape[0], 2, dtype=acc_dtype(x.dtype))
+        return x.new_empty(fake_rows(f"objx.{op_name}", x, "the logits"), 2, dtype=acc_dtype(x.dtype))
 
     torch.library.register_fake(f"objx::{op_name}")(fake)
 

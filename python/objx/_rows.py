@@ -51,28 +51,54 @@ def check_ignore_index(fn: str, ignore_index) -> int:
     return value
 
 
-def rows(fn: str, x, name: str = "logits", last: str = "V", leading: Optional[torch.Size] = None) -> torch.Tensor:
+def rows(fn: str, x, name: str = "logits", last: str = "V", leading: Optional[torch.Size] = None,
+         in_place: bool = False) -> torch.Tensor:
     """x [..., last] -> [N, last] (a view when possible); `leading`: the shape x's leading dims must
-    have (another input's, named in the error), or None for any."""
+    have (another input's, named in the error), or None for any. in_place: for the logits ops, which
+    also read [B, T, last] (SPEC §0): leading dims that do not flatten into one dim but do into two
+    (a slice such as logits[:, :-1]) give that [B, T, last] view instead of a copy."""
     check_tensor(fn, x, name)
     if x.dim() < 2:
         raise ValueError(f"{fn}: {name} must be [..., {last}] with at least 2 dims, got shape {tuple(x.shape)}")
     check_float(fn, x, name)
     if leading is not None and x.shape[:-1] != leading:
         raise ValueError(f"{fn}: {name} must have leading dims {tuple(leading)}, got shape {tuple(x.shape)}")
+    return sequence_rows(x) if in_place else flat(x)
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """x [..., last] -> [N, last]: a view when the leading dims flatten, else a copy."""
     return x.reshape(x.shape[:-1].numel(), x.shape[-1])
 
 
-def flatten_rows(fn: str, rows_input, target, name: str = "logits", last: str = "V"):
-    """rows_input [..., last] (logits or hidden states) and target [...] on its device -> [N, last],
-    [N] (views when possible)."""
+def _one_dim(sizes, strides) -> bool:
+    """Whether dims of these sizes and strides flatten into one dim without a copy."""
+    dims = [(n, s) for n, s in zip(sizes, strides) if n != 1]
+    return all(outer == inner * n for (_, outer), (n, inner) in zip(dims, dims[1:]))
+
+
+def sequence_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [..., last] -> [N, last] when its leading dims flatten, else [B, T, last] when they flatten
+    into two, both views; a copy [N, last] only when neither does."""
+    lead, strides = x.shape[:-1], x.stride()[:-1]
+    if x.numel() == 0 or _one_dim(lead, strides):
+        return flat(x)
+    for k in range(1, len(lead)):
+        if _one_dim(lead[:k], strides[:k]) and _one_dim(lead[k:], strides[k:]):
+            return x.reshape(lead[:k].numel(), lead[k:].numel(), x.shape[-1])
+    return flat(x)
+
+
+def flatten_rows(fn: str, rows_input, target, name: str = "logits", last: str = "V", in_place: bool = False):
+    """rows_input [..., last] (logits or hidden states) and target [...] on its device -> [N, last]
+    (or, in_place, rows' [B, T, last]) and [N] (views when possible)."""
     check_tensor(fn, target, "target")
-    x = rows(fn, rows_input, name, last)
+    x = rows(fn, rows_input, name, last, in_place=in_place)
     if target.shape != rows_input.shape[:-1]:
         raise ValueError(f"{fn}: target must have shape {tuple(rows_input.shape[:-1])} ({name}' leading dims), "
                          f"got {tuple(target.shape)}")
     check_devices(fn, name, rows_input, target=target)
-    return x, target.reshape(x.shape[0])
+    return x, target.reshape(rows_input.shape[:-1].numel())
 
 
 def rows_target(fn: str, target, shape: torch.Size, rows_name: str,

@@ -37,8 +37,9 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
             raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
         index = check_ignore_index(fn, ignore_index)
         labels = shift_labels(fn, target, index, shift)
-        s = rows(fn, student_logits, "student_logits")
-        t = rows(fn, teacher_logits, "teacher_logits")
+        # The kernels read slices such as logits[:, :-1] in place; the sharded path takes [N, V].
+        s = rows(fn, student_logits, "student_logits", in_place=process_group is None)
+        t = rows(fn, teacher_logits, "teacher_logits", in_place=process_group is None)
         if t.shape[-1] != s.shape[-1]:
             raise ValueError(f"{fn}: vocabulary mismatch: student_logits has V = {s.shape[-1]}, "
                              f"teacher_logits has V = {t.shape[-1]}")
@@ -98,13 +99,14 @@ class DistillLoss(torch.nn.Module):
 @torch.library.register_fake("objx::distill_forward")
 def _forward_fake(*inputs):
     student, teacher = inputs[:2]
-    torch._check(student.dim() == 2, lambda: "objx.distill_loss: student_logits must be 2-D [N, V]")
-    torch._check(teacher.shape == student.shape, lambda: "objx.distill_loss: shape mismatch")
+    rows_ = ag.fake_rows("objx.distill_loss", student, "student_logits")
+    torch._check(ag.fake_rows("objx.distill_loss", teacher, "teacher_logits") == rows_ and
+                 teacher.shape[-1] == student.shape[-1], lambda: "objx.distill_loss: shape mismatch")
     # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
     for name, x in (("teacher_logits", teacher), ("target", inputs[2])):
         torch._check_value(x is None or x.device == student.device, lambda: f"objx.distill_loss: {name} is on "
                            f"{x.device} but student_logits is on {student.device}")
-    rows_, acc, new = student.shape[0], ag.acc_dtype(student.dtype), student.new_empty
+    acc, new = ag.acc_dtype(student.dtype), student.new_empty
     return (new(rows_, dtype=acc), new(rows_, dtype=acc), new(rows_, dtype=acc), new(rows_, 6, dtype=acc),
             new(rows_, dtype=torch.bool))
 

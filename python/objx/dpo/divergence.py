@@ -34,12 +34,15 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
         ag.refuse_function_transforms(fn)
         if kind not in KINDS + ("wasserstein",):
             raise ValueError(f"{fn}: kind must be one of {KINDS + ('wasserstein',)}, got {kind!r}")
-        z = rows(fn, policy_logits, "policy_logits")
+        # The kernels read slices such as logits[:, :-1] in place; wasserstein and the sharded path
+        # take [N, V].
+        in_place = process_group is None and kind != "wasserstein"
+        z = rows(fn, policy_logits, "policy_logits", in_place=in_place)
         check_tensor(fn, ref_logits, "ref_logits")
         if ref_logits.shape != policy_logits.shape:
             raise ValueError(f"{fn}: ref_logits must be a tensor of policy_logits' shape "
                              f"{tuple(policy_logits.shape)}, got {tuple(ref_logits.shape)}")
-        r = rows(fn, ref_logits, "ref_logits", leading=policy_logits.shape[:-1])
+        r = rows(fn, ref_logits, "ref_logits", leading=policy_logits.shape[:-1], in_place=in_place)
         flat_mask = None
         if mask is not None:
             check_tensor(fn, mask, "mask")
@@ -72,13 +75,13 @@ def vocab_divergence(policy_logits: torch.Tensor, ref_logits: torch.Tensor, kind
 @torch.library.register_fake("objx::vocab_divergence_forward")
 def _forward_fake(*inputs):
     policy = inputs[0]
-    torch._check(policy.dim() == 2, lambda: "objx.vocab_divergence: policy_logits must be 2-D [N, V]")
+    rows_ = ag.fake_rows("objx.vocab_divergence", policy, "policy_logits")
     # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
     for name, x in (("ref_logits", inputs[1]), ("mask", inputs[4] if len(inputs) > 4 else None)):
         torch._check_value(x is None or x.device == policy.device, lambda: f"objx.vocab_divergence: {name} is on "
                            f"{x.device} but policy_logits is on {policy.device}")
     acc = ag.acc_dtype(policy.dtype)
-    return policy.new_empty(policy.shape[0], dtype=acc), policy.new_empty(policy.shape[0], 4, dtype=acc)
+    return policy.new_empty(rows_, dtype=acc), policy.new_empty(rows_, 4, dtype=acc)
 
 
 ag.register_grad_fake("vocab_divergence_backward", "policy_logits")

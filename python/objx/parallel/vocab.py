@@ -33,8 +33,7 @@ from .._vocabulary import target_logprob_from
 # ops in their own autograd functions, whose backward is the unsharded op's.
 @torch.library.register_fake("objx::row_logsumexp")
 def _row_logsumexp_fake(x, temperature):
-    torch._check(x.dim() == 2, lambda: "objx.row_logsumexp: x must be 2-D [N, V]")
-    return x.new_empty(x.shape[0], dtype=ag.acc_dtype(x.dtype))
+    return x.new_empty(ag.fake_rows("objx.row_logsumexp", x, "x"), dtype=ag.acc_dtype(x.dtype))
 
 
 def _all_reduce(x: torch.Tensor, op: str, group) -> torch.Tensor:

@@ -49,10 +49,11 @@ def prob_loss(logits: torch.Tensor, target: torch.Tensor, objective: Union[str, 
         check_extras(fn, obj, label_smoothing, z_loss, softcap)
         index = check_ignore_index(fn, ignore_index)
         labels = shift_labels(fn, target, index, shift)
-        rows_logits, rows_target = flatten_rows(fn, logits, labels)
+        # The kernels read a slice such as logits[:, :-1] in place; the sharded path takes [N, V].
+        rows_logits, rows_target = flatten_rows(fn, logits, labels, in_place=process_group is None)
         # With a process_group the logits hold a shard and weight the whole vocabulary (its V is checked there).
         class_weight = check_class_weight(fn, "weight", weight, None if process_group is not None else
-                                          rows_logits.shape[1], rows_logits.device)
+                                          rows_logits.shape[-1], rows_logits.device)
         return obj, index, labels, rows_logits, rows_target, class_weight
 
     # With a process_group an argument error is raised on every rank, none left waiting for it.
@@ -144,12 +145,12 @@ def token_logprobs(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: 
 @torch.library.register_fake("objx::prob_loss_forward")
 def _forward_fake(*inputs):
     logits, target = inputs[:2]
-    torch._check(logits.dim() == 2, lambda: "objx.prob_loss: logits must be 2-D [N, V]")
-    torch._check(target.shape == logits.shape[:1], lambda: "objx.prob_loss: target must be [N]")
+    rows = ag.fake_rows("objx.prob_loss", logits, "logits")
+    torch._check(target.dim() == 1 and target.shape[0] == rows, lambda: "objx.prob_loss: target must be [N]")
     # Mixed devices dispatch here (meta outranks cpu), where no kernel would have refused them.
     torch._check_value(target.device == logits.device,
                        lambda: f"objx.prob_loss: target is on {target.device} but logits is on {logits.device}")
-    rows, acc = logits.shape[0], ag.acc_dtype(logits.dtype)
+    acc = ag.acc_dtype(logits.dtype)
     return (logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=acc),
             logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=torch.bool),
             logits.new_empty(rows, dtype=torch.bool))
