@@ -10,24 +10,18 @@ import pytest
 import torch
 
 import objx
-from helpers import TOLERANCES, assert_close, make_logits
-
-
-def sequences(batch, steps, vocab, device, dtype=torch.float32):
-    logits, labels = make_logits(batch * steps, vocab, dtype=dtype, device=device)
-    return logits.reshape(batch, steps, vocab), labels.reshape(batch, steps)
+from helpers import TOLERANCES, assert_close
+from test_causal_shift import sequences
 
 
 def views(x):
-    """Non-flattening views of x [B, T, V] with the rows they hold, as contiguous copies."""
-    return {"sliced": (x[:, :-1], x[:, :-1].contiguous()),
-            "strided": (x[:, 1::2], x[:, 1::2].contiguous()),
-            "transposed": (x.transpose(0, 1), x.transpose(0, 1).contiguous())}
+    """Views of x [B, T, V] whose leading dims do not flatten into one."""
+    return {"sliced": x[:, :-1], "strided": x[:, 1::2], "transposed": x.transpose(0, 1)}
 
 
 def labels_for(labels, name):
-    return {"sliced": labels[:, 1:], "strided": labels[:, ::2][:, :labels[:, 1::2].shape[1]],
-            "transposed": labels.transpose(0, 1)}[name]
+    """The labels of views(logits)[name]'s rows, each position scored against the one before it."""
+    return {"sliced": labels[:, 1:], "strided": labels[:, 0:-1:2], "transposed": labels.transpose(0, 1)}[name]
 
 
 @pytest.mark.parametrize("view", ["sliced", "strided", "transposed"])
@@ -38,17 +32,18 @@ def labels_for(labels, name):
 def test_prob_loss_reads_views_in_place(device, view, dtype, case):
     logits, labels = sequences(3, 17, 500, device, dtype)
     logits.requires_grad_()
-    x, copy = views(logits)[view]
+    x = views(logits)[view]
+    copy = x.detach().contiguous()
     y = labels_for(labels, view).contiguous()
     y[1, 2] = -100
     loss = objx.prob_loss(x, y, reduction="sum", **case)
-    ref = objx.reference.prob_loss(copy.detach().double().requires_grad_(), y, reduction="sum", **case)
+    leaf = copy.double().requires_grad_()
+    ref = objx.reference.prob_loss(leaf, y, reduction="sum", **case)
     loss_tol, grad_tol = TOLERANCES[dtype]
     assert_close(loss, ref, loss_tol, "loss")
     grad, = torch.autograd.grad(loss, logits)
-    leaf = copy.detach().double().requires_grad_()
-    expected, = torch.autograd.grad(objx.reference.prob_loss(leaf, y, reduction="sum", **case), leaf)
-    assert_close(views(grad)[view][0], expected, grad_tol, "grad")
+    expected, = torch.autograd.grad(ref, leaf)
+    assert_close(views(grad)[view], expected, grad_tol, "grad")
     outside = {"sliced": grad[:, -1], "strided": grad[:, ::2], "transposed": grad[:0]}[view]
     assert torch.all(outside == 0)
 
