@@ -55,7 +55,11 @@ def test_distill_shard_sums_add_up_to_the_row_statistics(device, dtype, method):
     assert_close(total[:, 0], stats[:, 4], tol, f"{method} D")
     if method in ("jsd", "tvd"):
         assert_close(total[:, 1], stats[:, 5], tol, f"{method} sum q a")
-    assert_close(ops.distill_shard_sums(s, t, row_lse, method, T, beta), stats[:, 4:], 0.0, "one shard: bit-exact")
+    # The KL methods' forward reduces D in its log-sum-exp pass (CPU), the shard sums in a pass of
+    # their own: one shard then agrees to rounding; the others run the same pass, bit for bit.
+    one_pass = method in ("ttm", "kd") and device == "cpu"
+    assert_close(ops.distill_shard_sums(s, t, row_lse, method, T, beta), stats[:, 4:], tol if one_pass else 0.0,
+                 "one shard")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

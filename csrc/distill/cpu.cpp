@@ -1,5 +1,6 @@
-// CPU kernels of the distill ops (SPEC §2): rows in parallel; per row one pass for the four
-// log-sum-exps (vectorised), one for the divergence sum, and one in the backward for the gradient.
+// CPU kernels of the distill ops (SPEC §2): rows in parallel; per row one pass for the log-sum-exps
+// (vectorised; for the KL methods also the divergence sum), one for the divergence sum of the
+// others, and one in the backward for the gradient.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -22,25 +23,48 @@ namespace {
 using math::DistillParams;
 using math::DistillRow;
 
-// Pass 1: log-sum-exp of s, s/T, t/T and t.
+// Is the soft term's raw sum D = KL(p || q) (ttm, wttm, kd, forward_kl)? Then pass 1 reduces it too.
+bool kl_method(math::DistillMethod m) {
+  return m != math::DistillMethod::kReverseKl && m != math::DistillMethod::kJsd && m != math::DistillMethod::kTvd;
+}
+
+// Pass 1: log-sum-exp of s, s/T (the tempered methods only: TTM and WTTM leave it 0), t/T and t.
+// For the KL methods also D, from the teacher's exponentials under its running maximum, rescaled as
+// it moves:
+//   D = sum_j e^(t_j/T - m) (t_j/T - s'_j) / sum_j e^(t_j/T - m) - (lse(t/T) - lse(s')),
+// s' = s or s/T by method, so their rows are read once, with no pass 2 and its two exps per entry.
 template <typename scalar_t, typename acc_t>
-DistillRow<acc_t> reduce_lse(const scalar_t* s, const scalar_t* t, int64_t vocab, acc_t temperature) {
-  acc_t buf[4][kPairPiece];
+DistillRow<acc_t> reduce_lse(const scalar_t* s, const scalar_t* t, int64_t vocab, const DistillParams<acc_t>& prm) {
+  acc_t buf[4][kPairPiece], ratio[kPairPiece];
   math::LseState<acc_t> st[4];
   for (auto& x : st) x = math::lse_empty<acc_t>();
+  const bool untempered = math::distill_untempered_student(prm.method), kl = kl_method(prm.method);
+  double weighted = 0.0;  // in float64 lanes, like pass 2's sum
   for (int64_t start = 0; start < vocab; start += kPairPiece) {
     const int64_t n = std::min(kPairPiece, vocab - start);
     for (int64_t i = 0; i < n; ++i) {
       const acc_t si = static_cast<acc_t>(s[start + i]), ti = static_cast<acc_t>(t[start + i]);
       buf[0][i] = si;
-      buf[1][i] = si / temperature;
-      buf[2][i] = ti / temperature;
+      buf[1][i] = si / prm.temperature;
+      buf[2][i] = ti / prm.temperature;
       buf[3][i] = ti;
+      ratio[i] = buf[2][i] - (untempered ? si : buf[1][i]);
     }
-    for (int k = 0; k < 4; ++k) lse_absorb(st[k].max, st[k].sum, buf[k], n);
+    lse_absorb(st[0].max, st[0].sum, buf[0], n);
+    if (!untempered) lse_absorb(st[1].max, st[1].sum, buf[1], n);
+    if (kl)
+      lse_absorb_weighted(st[2].max, st[2].sum, weighted, buf[2], ratio, n);
+    else
+      lse_absorb(st[2].max, st[2].sum, buf[2], n);
+    lse_absorb(st[3].max, st[3].sum, buf[3], n);
   }
-  return {math::lse_finish(st[0]), math::lse_finish(st[1]), math::lse_finish(st[2]), math::lse_finish(st[3]),
-          acc_t(0), acc_t(0)};
+  DistillRow<acc_t> row{math::lse_finish(st[0]), untempered ? acc_t(0) : math::lse_finish(st[1]),
+                        math::lse_finish(st[2]), math::lse_finish(st[3]), acc_t(0), acc_t(0)};
+  if (kl) {
+    const double lse_q = untempered ? row.lse_s1 : row.lse_sT;
+    row.div = static_cast<acc_t>(weighted / static_cast<double>(st[2].sum) - (double(row.lse_tT) - lse_q));
+  }
+  return row;
 }
 
 // The logs of entries [start, start + n) of a row into a piece, then their exps.
@@ -102,10 +126,10 @@ void forward_impl(const DistillInputs& in, const int64_t* y, const DistillParams
         counted_p[r] = false;
         continue;
       }
-      DistillRow<acc_t> row = reduce_lse(s, t, vocab, prm.temperature);
+      DistillRow<acc_t> row = reduce_lse(s, t, vocab, prm);
       if (row.lse_s1 == -std::numeric_limits<acc_t>::infinity()) keep_min(empty_row, r);
       if (row.lse_t1 == -std::numeric_limits<acc_t>::infinity()) keep_min(empty_teacher, r);
-      reduce_divergence(s, t, vocab, prm, row);
+      if (!kl_method(prm.method)) reduce_divergence(s, t, vocab, prm, row);
       const acc_t soft_r = math::distill_soft(prm, row);
       const acc_t hard_r = prm.has_target ? row.lse_s1 - static_cast<acc_t>(s[yr]) : acc_t(0);
       loss_p[r] = prm.hard_weight * hard_r + prm.soft_weight * soft_r;
@@ -121,6 +145,32 @@ void forward_impl(const DistillInputs& in, const int64_t* y, const DistillParams
   if (empty_teacher.load() < rows) errors.note(math::kEmptyOther, empty_teacher.load());
 }
 
+// One piece's gradient of a KL method, g_soft (q - p) + g_hard (softmax(s) - [j = y]), in loops
+// that vectorise; TTM and WTTM compare q = softmax(s) itself, so their hard term takes no exp.
+template <typename scalar_t, typename acc_t>
+void kl_piece_grad(const scalar_t* s, const scalar_t* t, int64_t start, int64_t n, const DistillParams<acc_t>& prm,
+                   const DistillRow<acc_t>& row, acc_t g_hard, acc_t g_soft, PairPiece<acc_t>& piece, acc_t* out) {
+  const bool untempered = math::distill_untempered_student(prm.method);
+  const acc_t lse_q = untempered ? row.lse_s1 : row.lse_sT;
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t si = static_cast<acc_t>(s[start + i]);
+    piece.log_p[i] = static_cast<acc_t>(t[start + i]) / prm.temperature - row.lse_tT;
+    piece.log_q[i] = (untempered ? si : si / prm.temperature) - lse_q;
+  }
+  piece.take_exps(n);
+  if (g_hard == acc_t(0)) {
+    for (int64_t i = 0; i < n; ++i) out[i] = g_soft * (piece.q[i] - piece.p[i]);
+    return;
+  }
+  acc_t* softmax_s = piece.q;
+  if (!untempered) {  // piece.log_p is spent: it holds softmax(s) now
+    for (int64_t i = 0; i < n; ++i) piece.log_p[i] = static_cast<acc_t>(s[start + i]) - row.lse_s1;
+    vec_exp(piece.log_p, n, piece.log_p);
+    softmax_s = piece.log_p;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = g_soft * (piece.q[i] - piece.p[i]) + g_hard * softmax_s[i];
+}
+
 template <typename scalar_t, typename acc_t>
 void backward_impl(const acc_t* grad_loss, const DistillInputs& in, const int64_t* y, const acc_t* stats,
                    const bool* counted, const DistillParams<acc_t>& prm, at::Tensor& grad) {
@@ -128,9 +178,10 @@ void backward_impl(const acc_t* grad_loss, const DistillInputs& in, const int64_
   const scalar_t* s_base = in.student.const_data_ptr<scalar_t>();
   const scalar_t* t_base = in.teacher.const_data_ptr<scalar_t>();
   scalar_t* out_base = grad.mutable_data_ptr<scalar_t>();
+  const bool kl = kl_method(prm.method);
   at::parallel_for(0, rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
     PairPiece<acc_t> piece;
-    acc_t softmax_s[PairPiece<acc_t>::kSize];
+    acc_t softmax_s[PairPiece<acc_t>::kSize], values[PairPiece<acc_t>::kSize];
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* out = out_base + r * vocab;
       const scalar_t* s = s_base + in.s_rows.offset(r);
@@ -144,6 +195,17 @@ void backward_impl(const acc_t* grad_loss, const DistillInputs& in, const int64_
       const int64_t yr = prm.has_target ? y[r] : -1;
       for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
         const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
+        if (kl) {
+          kl_piece_grad(s, t, start, n, prm, row, g_hard, g_soft, piece, values);
+          if (g_hard != acc_t(0) && yr >= start && yr < start + n) {  // the target's - g_hard, as distill_grad_from
+            const int64_t i = yr - start;
+            const acc_t softmax_y = math::distill_untempered_student(prm.method)
+                                        ? piece.q[i] : piece.log_p[i];
+            values[i] = g_soft * (piece.q[i] - piece.p[i]) + g_hard * (softmax_y - acc_t(1));
+          }
+          for (int64_t i = 0; i < n; ++i) out[start + i] = static_cast<scalar_t>(values[i]);
+          continue;
+        }
         load_piece(s, t, start, n, prm, row, piece);
         if (g_hard != acc_t(0)) {  // the hard term's softmax(s)_j
           for (int64_t i = 0; i < n; ++i) softmax_s[i] = static_cast<acc_t>(s[start + i]) - row.lse_s1;
