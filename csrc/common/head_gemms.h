@@ -46,16 +46,35 @@ inline bool onednn_layout(const at::Tensor& t) {
   return t.is_contiguous() || (t.stride(0) == 1 && t.stride(1) == t.size(0));
 }
 
-// out = a @ b, or out += a @ b, all of one dtype. Large float32 GEMMs on CPU go to oneDNN: on the
-// development machine (AMD EPYC, AVX-512) it ran the head's three GEMM shapes 15-50% faster than
-// ATen's BLAS (MKL), with results that do not change with the thread count. Small ones stay with
-// BLAS, which calls faster (one-column tiles make 256000 of them).
+#ifdef OBJX_ONEDNN_GEMM
+// Whether ATen's oneDNN matmul runs here: it refuses CPUs without AVX-512 (BW, VL, DQ) or
+// AVX-NE-CONVERT (an AVX2 AMD EPYC: "mkldnn_matmul bf16 path needs the cpu support ..."), by checks
+// that are not part of any installed header, so one 1 x 1 GEMM asks, once per process.
+inline bool onednn_gemm_runs() {
+  static const bool runs = [] {
+    try {
+      const auto one = at::ones({1, 1}, at::kFloat);
+      at::native::mkldnn_matmul(one, one, at::empty({1, 1}, at::kFloat), 0.0f, 1.0f);
+      return true;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
+  return runs;
+}
+#endif
+
+// out = a @ b, or out += a @ b, all of one dtype. Large float32 GEMMs on CPU go to oneDNN where it
+// runs: on an AMD EPYC with AVX-512 it ran the head's three GEMM shapes 15-50% faster than ATen's
+// BLAS (MKL), with results that do not change with the thread count. Small ones stay with BLAS,
+// which calls faster (one-column tiles make 256000 of them); so does everything where oneDNN's
+// matmul refuses the CPU.
 inline void gemm_out(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
 #ifdef OBJX_ONEDNN_GEMM
   constexpr int64_t kOneDnnMinMacs = int64_t(1) << 24;
   if (!a.is_cuda() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
       out.scalar_type() == at::kFloat && out.is_contiguous() && onednn_layout(a) && onednn_layout(b) &&
-      a.size(0) * a.size(1) * b.size(1) >= kOneDnnMinMacs) {
+      a.size(0) * a.size(1) * b.size(1) >= kOneDnnMinMacs && onednn_gemm_runs()) {
     at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
     return;
   }

@@ -176,6 +176,7 @@ at::Tensor backward(const DistillInputs& in, const DistillSaved& saved) {
   const int64_t rows = in.rows, vocab = in.vocab;
   auto grad = at::empty(in.student.sizes(), in.student.options().memory_format(at::MemoryFormat::Contiguous));
   if (rows == 0) return grad;
+  check_grid_rows("objx.distill_loss", rows);
   const auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.student.scalar_type(), "objx_distill_backward", [&] {
     using acc_t = acc_type<scalar_t>;
