@@ -135,6 +135,21 @@ def test_hellinger_in_unit_interval(device):
     assert (d >= -1e-6).all() and (d <= 1 + 1e-6).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", ["hellinger", "bhattacharyya"])
+def test_far_apart_rows(device, kind, dtype):
+    """Rows where most of p sits where q has next to nothing (logits ~100 apart): the CPU's hellinger
+    drops BC's terms whose product underflows, which must not show in 1 - BC, and bhattacharyya's
+    -log BC (~50 here) must keep BC's relative precision."""
+    policy, ref = make_pair(16, 300, dtype=torch.float64)
+    far = torch.rand(16, 300, dtype=torch.float64) < 0.5
+    policy, ref = policy + 100.0 * far, ref + 100.0 * ~far  # p lives on `far`, q off it
+    policy, ref = policy.to(dtype).to(device), ref.to(dtype).to(device)
+    check(policy, ref, kind, 0.5)
+    if kind == "bhattacharyya":
+        assert (objx.vocab_divergence(policy, ref, kind) > 40).all()
+
+
 def test_leading_dims_and_masked_vocabulary(device):
     policy, ref = make_pair(6, 120, device=device)
     holes = torch.rand(6, 120, device=device) < 0.2

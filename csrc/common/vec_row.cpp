@@ -198,6 +198,95 @@ void lse_absorb_weighted(double& max, double& sum, double& weighted, const doubl
   max = m;
 }
 
+namespace {
+
+OBJX_ISA_CLONES void sum_exp_root(const float* x, const float* y, int64_t n, float sx, float sy, float& sum_x,
+                                  float& sum_y, double& root) {
+  constexpr int64_t kChunk = 256;
+  float ex[kChunk], ey[kChunk], r[kChunk];
+  float ax[kLanes] = {}, ay[kLanes] = {};
+  double ar[kLanes] = {};
+  float tx = 0.0f, ty = 0.0f;
+  double tr = 0.0;
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t m = n - start < kChunk ? n - start : kChunk;
+    for (int64_t i = 0; i < m; ++i) {
+      ex[i] = exp_poly(x[start + i] - sx);
+      ey[i] = exp_poly(y[start + i] - sy);
+      const float prod = ex[i] * ey[i];
+      r[i] = prod < std::numeric_limits<float>::min() ? 0.0f : std::sqrt(prod);
+    }
+    int64_t i = 0;
+    for (; i + kLanes <= m; i += kLanes)
+      for (int k = 0; k < kLanes; ++k) {
+        ax[k] += ex[i + k];
+        ay[k] += ey[i + k];
+        ar[k] += static_cast<double>(r[i + k]);
+      }
+    for (; i < m; ++i) {
+      tx += ex[i];
+      ty += ey[i];
+      tr += static_cast<double>(r[i]);
+    }
+  }
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) {
+      ax[k] += ax[k + w];
+      ay[k] += ay[k + w];
+      ar[k] += ar[k + w];
+    }
+  sum_x = ax[0] + tx;
+  sum_y = ay[0] + ty;
+  root = ar[0] + tr;
+}
+
+// The new running maximum of a state after a piece whose own maximum is `piece_max`, the shift its
+// exps take (0 while there is none), and the factor its old sum takes.
+template <typename T>
+void move_max(T& max, T piece_max, T& shift, T& rescale) {
+  const T m = max > piece_max ? max : piece_max;
+  shift = m == -std::numeric_limits<T>::infinity() ? T(0) : m;
+  rescale = max == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(max - shift);
+  max = m;
+}
+
+}  // namespace
+
+void lse_absorb_root(float& max_x, float& sum_x, float& max_y, float& sum_y, double& root, const float* x,
+                     const float* y, int64_t n) {
+  if (n <= 0) return;
+  float sx, sy, rx, ry, px, py;
+  double pr;
+  move_max(max_x, vec_max(x, n), sx, rx);
+  move_max(max_y, vec_max(y, n), sy, ry);
+  sum_exp_root(x, y, n, sx, sy, px, py, pr);
+  sum_x = sum_x * rx + px;
+  sum_y = sum_y * ry + py;
+  root = root * std::sqrt(static_cast<double>(rx) * static_cast<double>(ry)) + pr;
+}
+
+void lse_absorb_root(double& max_x, double& sum_x, double& max_y, double& sum_y, double& root, const double* x,
+                     const double* y, int64_t n) {
+  if (n <= 0) return;
+  double cx = -std::numeric_limits<double>::infinity(), cy = cx;
+  for (int64_t i = 0; i < n; ++i) {
+    cx = x[i] > cx ? x[i] : cx;
+    cy = y[i] > cy ? y[i] : cy;
+  }
+  double sx, sy, rx, ry, px = 0.0, py = 0.0, pr = 0.0;
+  move_max(max_x, cx, sx, rx);
+  move_max(max_y, cy, sy, ry);
+  for (int64_t i = 0; i < n; ++i) {
+    const double ex = std::exp(x[i] - sx), ey = std::exp(y[i] - sy), prod = ex * ey;
+    px += ex;
+    py += ey;
+    pr += prod < std::numeric_limits<double>::min() ? 0.0 : std::sqrt(prod);
+  }
+  sum_x = sum_x * rx + px;
+  sum_y = sum_y * ry + py;
+  root = root * std::sqrt(rx * ry) + pr;
+}
+
 // float64: plain loops with exact std::exp (two passes: max, then the shifted sum).
 double lse_absorb(double& max, double& sum, const double* x, int64_t n) {
   if (n <= 0) return -std::numeric_limits<double>::infinity();

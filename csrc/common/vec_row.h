@@ -36,5 +36,13 @@ double lse_absorb(double& max, double& sum, const double* x, int64_t n);
 // exp(x_j - max) y_j, in float64 lanes; an x_j of -inf adds nothing whatever y_j is).
 void lse_absorb_weighted(float& max, float& sum, double& weighted, const float* x, const float* y, int64_t n);
 void lse_absorb_weighted(double& max, double& sum, double& weighted, const double* x, const double* y, int64_t n);
+// lse_absorb of x into (max_x, sum_x) and of y into (max_y, sum_y), and into `root` the sum of
+// sqrt(e^(x_j - max_x) e^(y_j - max_y)) = e^((x_j + y_j)/2 - (max_x + max_y)/2) (float64 lanes), rescaled
+// as the maxima move: the log-sum-exp of (x + y)/2 from the two exps the others take. A term whose
+// product is below float's smallest normal (both logits ~44 below their maxima) adds nothing.
+void lse_absorb_root(float& max_x, float& sum_x, float& max_y, float& sum_y, double& root, const float* x,
+                     const float* y, int64_t n);
+void lse_absorb_root(double& max_x, double& sum_x, double& max_y, double& sum_y, double& root, const double* x,
+                     const double* y, int64_t n);
 
 }  // namespace objx

@@ -178,19 +178,29 @@ void piece_grad(const DivParams<acc_t>& prm, const DivRow<acc_t>& row, const Pai
 // exponentials of the logits under the running maxima, rescaled as the maxima move,
 //   KL(p || q) = sum_j e^(z_j - m_p) (z_j - r_j) / s_p - (lse_p - lse_q)   (reverse_kl: z and r swapped),
 //   BC = exp(lse((z + r) / 2) - (lse_p + lse_q) / 2),
-// so a row is read once and takes one exp per entry fewer than pass 2 would.
+// so a row is read once and takes one exp per entry fewer than pass 2 would. Hellinger's BC takes
+// no exp of its own: sum_j sqrt(e^(z_j - m_p) e^(r_j - m_q)) / sqrt(s_p s_q) (lse_absorb_root), whose
+// dropped terms (a product below float's smallest normal) change BC by under ~V 1e-19: a row whose
+// BC is under kRootSumMinBc is reduced again the exact way, as bhattacharyya's always are (its
+// -log BC needs BC's relative precision however small it is).
 bool one_pass(DivKind kind) {
   return kind == DivKind::kKl || kind == DivKind::kReverseKl || kind == DivKind::kHellinger ||
          kind == DivKind::kBhattacharyya;
 }
 
+// Below this BC the terms hellinger's root sum drops (up to ~V 1e-19) could show in its gradient's
+// p_j BC, so such a row takes the third log-sum-exp instead (rows almost without common mass).
+constexpr double kRootSumMinBc = 1.0 / (1 << 20);
+
 template <typename scalar_t, typename acc_t>
-DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm) {
+DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t vocab, const DivParams<acc_t>& prm,
+                              bool root_sum = true) {
   acc_t buf[3][kPairPiece], ones[kPairPiece];
   math::LseState<acc_t> st[3] = {math::lse_empty<acc_t>(), math::lse_empty<acc_t>(), math::lse_empty<acc_t>()};
   double weighted = 0.0;  // kl: the weighted log ratios; hellinger: BC's sum, in float64 lanes like pass 2's
   std::fill(ones, ones + kPairPiece, acc_t(1));
   const bool kl = prm.kind == DivKind::kKl, reverse = prm.kind == DivKind::kReverseKl;
+  const bool hellinger = prm.kind == DivKind::kHellinger && root_sum;
   const int lead = reverse ? 1 : 0;  // the distribution whose probabilities weight the log ratios
   for (int64_t start = 0; start < vocab; start += kPairPiece) {
     const int64_t n = std::min(kPairPiece, vocab - start);
@@ -203,6 +213,8 @@ DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t voca
     if (kl || reverse) {
       lse_absorb_weighted(st[lead].max, st[lead].sum, weighted, buf[lead], buf[2], n);
       lse_absorb(st[1 - lead].max, st[1 - lead].sum, buf[1 - lead], n);
+    } else if (hellinger) {
+      lse_absorb_root(st[0].max, st[0].sum, st[1].max, st[1].sum, weighted, buf[0], buf[1], n);
     } else {
       for (int k = 0; k < 2; ++k) lse_absorb(st[k].max, st[k].sum, buf[k], n);
       lse_absorb_weighted(st[2].max, st[2].sum, weighted, buf[2], ones, n);
@@ -212,6 +224,10 @@ DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t voca
   if (kl || reverse) {
     const double lead_minus_other = kl ? double(row.lse_p) - double(row.lse_q) : double(row.lse_q) - double(row.lse_p);
     row.agg = static_cast<acc_t>(weighted / static_cast<double>(st[lead].sum) - lead_minus_other);
+  } else if (hellinger) {
+    const double bc = weighted / std::sqrt(double(st[0].sum) * double(st[1].sum));
+    if (bc < kRootSumMinBc) return reduce_row_once(z, r, vocab, prm, /*root_sum=*/false);
+    row.agg = static_cast<acc_t>(bc);
   } else {
     row.agg = static_cast<acc_t>(std::exp(double(st[2].max) - 0.5 * (double(row.lse_p) + double(row.lse_q))) * weighted);
   }
