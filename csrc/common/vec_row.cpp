@@ -117,6 +117,22 @@ OBJX_ISA_CLONES void vec_scaled_softmax(const float* x, int64_t n, float ref, fl
   for (int64_t i = 0; i < n; ++i) out[i] = a * exp_poly((x[i] - ref) + shift) - c;
 }
 
+OBJX_ISA_CLONES void vec_kl_grad(const float* x, const float* y, int64_t n, float lse_x, float lse_y, float d,
+                                   float g, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float log_p = x[i] - lse_x, log_q = y[i] - lse_y, p = exp_poly(log_p);
+    out[i] = g * (p == 0.0f ? 0.0f : p * (log_p - log_q - d));
+  }
+}
+
+OBJX_ISA_CLONES void vec_hellinger_grad(const float* x, const float* y, int64_t n, float lse_x, float lse_y,
+                                          float bc, float g, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float log_p = x[i] - lse_x, log_q = y[i] - lse_y;
+    out[i] = g * (0.5f * (exp_poly(log_p) * bc - exp_poly(0.5f * (log_p + log_q))));
+  }
+}
+
 float lse_absorb(float& max, float& sum, const float* x, int64_t n) {
   if (n <= 0) return -std::numeric_limits<float>::infinity();
   const float cm = vec_max(x, n);
@@ -240,6 +256,46 @@ OBJX_ISA_CLONES void sum_exp_root(const float* x, const float* y, int64_t n, flo
   root = ar[0] + tr;
 }
 
+OBJX_ISA_CLONES void sum_exp_log_ratio(const float* x, const float* y, int64_t n, float sx, float sy, float& sum_x,
+                                       double& weighted, float& sum_y) {
+  constexpr int64_t kChunk = 256;
+  float ex[kChunk], ey[kChunk], w[kChunk];
+  float ax[kLanes] = {}, ay[kLanes] = {};
+  double aw[kLanes] = {};
+  float tx = 0.0f, ty = 0.0f;
+  double tw = 0.0;
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t m = n - start < kChunk ? n - start : kChunk;
+    for (int64_t i = 0; i < m; ++i) {
+      const float xi = x[start + i], yi = y[start + i];
+      ex[i] = exp_poly(xi - sx);
+      ey[i] = exp_poly(yi - sy);
+      w[i] = ex[i] == 0.0f ? 0.0f : ex[i] * (xi - yi);
+    }
+    int64_t i = 0;
+    for (; i + kLanes <= m; i += kLanes)
+      for (int k = 0; k < kLanes; ++k) {
+        ax[k] += ex[i + k];
+        ay[k] += ey[i + k];
+        aw[k] += static_cast<double>(w[i + k]);
+      }
+    for (; i < m; ++i) {
+      tx += ex[i];
+      ty += ey[i];
+      tw += static_cast<double>(w[i]);
+    }
+  }
+  for (int s = kLanes / 2; s > 0; s /= 2)
+    for (int k = 0; k < s; ++k) {
+      ax[k] += ax[k + s];
+      ay[k] += ay[k + s];
+      aw[k] += aw[k + s];
+    }
+  sum_x = ax[0] + tx;
+  sum_y = ay[0] + ty;
+  weighted = aw[0] + tw;
+}
+
 // The new running maximum of a state after a piece whose own maximum is `piece_max`, the shift its
 // exps take (0 while there is none), and the factor its old sum takes.
 template <typename T>
@@ -251,6 +307,19 @@ void move_max(T& max, T piece_max, T& shift, T& rescale) {
 }
 
 }  // namespace
+
+void lse_absorb_log_ratio(float& max_x, float& sum_x, double& weighted, float& max_y, float& sum_y, const float* x,
+                          const float* y, int64_t n) {
+  if (n <= 0) return;
+  float sx, sy, rx, ry, px, py;
+  double pw;
+  move_max(max_x, vec_max(x, n), sx, rx);
+  move_max(max_y, vec_max(y, n), sy, ry);
+  sum_exp_log_ratio(x, y, n, sx, sy, px, pw, py);
+  sum_x = sum_x * rx + px;
+  weighted = weighted * rx + pw;
+  sum_y = sum_y * ry + py;
+}
 
 void lse_absorb_root(float& max_x, float& sum_x, float& max_y, float& sum_y, double& root, const float* x,
                      const float* y, int64_t n) {

@@ -28,6 +28,14 @@ void vec_expm1(const double* x, int64_t n, double* out);
 // logit and log p_y).
 void vec_scaled_softmax(const float* x, int64_t n, float ref, float shift, float a, float c, float* out);
 
+// out_j = g (p_j ((x_j - lse_x) - (y_j - lse_y) - d)), p_j = exp(x_j - lse_x), 0 where p_j is 0: KL(p || q)'s
+// gradient d/dx_j times g, for D = d (SPEC §3.4's table), in the kernels' own order of operations.
+void vec_kl_grad(const float* x, const float* y, int64_t n, float lse_x, float lse_y, float d, float g, float* out);
+// out_j = g (1/2 (p_j bc - sqrt(p_j q_j))), sqrt(p_j q_j) = exp(((x_j - lse_x) + (y_j - lse_y)) / 2): the
+// Hellinger distance's gradient times g, BC = bc, in the kernels' own order of operations.
+void vec_hellinger_grad(const float* x, const float* y, int64_t n, float lse_x, float lse_y, float bc, float g,
+                        float* out);
+
 // Folds x[0, n) into an online log-sum-exp state (running max, sum of exp(x - max)); returns the
 // piece's own max (-inf for n <= 0; NaN ignored, as vec_max).
 float lse_absorb(float& max, float& sum, const float* x, int64_t n);
@@ -36,6 +44,10 @@ double lse_absorb(double& max, double& sum, const double* x, int64_t n);
 // exp(x_j - max) y_j, in float64 lanes; an x_j of -inf adds nothing whatever y_j is).
 void lse_absorb_weighted(float& max, float& sum, double& weighted, const float* x, const float* y, int64_t n);
 void lse_absorb_weighted(double& max, double& sum, double& weighted, const double* x, const double* y, int64_t n);
+// lse_absorb_weighted of x with the weights x_j - y_j into (max_x, sum_x, weighted), and lse_absorb of y
+// into (max_y, sum_y): KL(softmax(x) || softmax(y))'s sums from the two rows, without a buffer of x - y.
+void lse_absorb_log_ratio(float& max_x, float& sum_x, double& weighted, float& max_y, float& sum_y, const float* x,
+                          const float* y, int64_t n);
 // lse_absorb of x into (max_x, sum_x) and of y into (max_y, sum_y), and into `root` the sum of
 // sqrt(e^(x_j - max_x) e^(y_j - max_y)) = e^((x_j + y_j)/2 - (max_x + max_y)/2) (float64 lanes), rescaled
 // as the maxima move: the log-sum-exp of (x + y)/2 from the two exps the others take. A term whose

@@ -3,6 +3,7 @@
 // of the row at a time through vectorised exps.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -202,7 +203,14 @@ DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t voca
   const bool kl = prm.kind == DivKind::kKl, reverse = prm.kind == DivKind::kReverseKl;
   const bool hellinger = prm.kind == DivKind::kHellinger && root_sum;
   const int lead = reverse ? 1 : 0;  // the distribution whose probabilities weight the log ratios
-  for (int64_t start = 0; start < vocab; start += kPairPiece) {
+  // float32 rows need no piece buffers for kl, reverse_kl and hellinger: the rows go to one primitive at once.
+  const bool whole_row = std::is_same_v<scalar_t, float> && (kl || reverse || hellinger);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (whole_row && hellinger) lse_absorb_root(st[0].max, st[0].sum, st[1].max, st[1].sum, weighted, z, r, vocab);
+    if (whole_row && kl) lse_absorb_log_ratio(st[0].max, st[0].sum, weighted, st[1].max, st[1].sum, z, r, vocab);
+    if (whole_row && reverse) lse_absorb_log_ratio(st[1].max, st[1].sum, weighted, st[0].max, st[0].sum, r, z, vocab);
+  }
+  for (int64_t start = 0; start < (whole_row ? 0 : vocab); start += kPairPiece) {
     const int64_t n = std::min(kPairPiece, vocab - start);
     for (int64_t i = 0; i < n; ++i) {
       const acc_t zi = static_cast<acc_t>(z[start + i]), ri = static_cast<acc_t>(r[start + i]);
@@ -232,6 +240,24 @@ DivRow<acc_t> reduce_row_once(const scalar_t* z, const scalar_t* r, int64_t voca
     row.agg = static_cast<acc_t>(std::exp(double(st[2].max) - 0.5 * (double(row.lse_p) + double(row.lse_q))) * weighted);
   }
   return row;
+}
+
+// kl's and hellinger's gradient of a float32 row times g in one vectorised loop over the whole row,
+// without piece buffers; false for everything else (the caller takes pieces).
+template <typename scalar_t, typename acc_t>
+bool whole_row_grad(DivKind kind, const scalar_t* z, const scalar_t* r, int64_t vocab, const DivRow<acc_t>& row,
+                    acc_t g, scalar_t* out) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kind == DivKind::kKl) {
+      vec_kl_grad(z, r, vocab, row.lse_p, row.lse_q, row.agg, g, out);
+      return true;
+    }
+    if (kind == DivKind::kHellinger) {
+      vec_hellinger_grad(z, r, vocab, row.lse_p, row.lse_q, row.agg, g, out);
+      return true;
+    }
+  }
+  return false;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -311,6 +337,8 @@ at::Tensor backward(const DivInputs& in, const at::Tensor& grad_div, const at::T
         }
         const acc_t* s = st + i * math::kDivRowStats;
         const DivRow<acc_t> row{s[0], s[1], s[2], s[3]};
+        if (whole_row_grad(prm.kind, z + in.p_rows.offset(i), r + in.r_rows.offset(i), vocab, row, g[i], out))
+          continue;
         for (int64_t start = 0; start < vocab; start += PairPiece<acc_t>::kSize) {
           const int64_t n = std::min(PairPiece<acc_t>::kSize, vocab - start);
           load_piece(z + in.p_rows.offset(i), r + in.r_rows.offset(i), start, n, row, need, piece);
