@@ -385,7 +385,7 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None, 
     impls = implementations(objective, dev, use_compile)
     shape_s = "x".join(str(v) for v in shape)
     dtype_s = str(dt).split(".")[-1]
-    results, failed, losses = [], {}, {}
+    results, failed, losses, peaks_mb, notes = [], {}, {}, {}, {}
     for name, (fn, clone_input) in impls.items():
         if bar is not None:
             bar.set_postfix_str(f"{family} {getattr(objective, 'name', objective)} {name} {shape_s}")
@@ -394,6 +394,13 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None, 
             fwd_bwd_once(fn, bases, target, clone_input)
         except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
             failed[name] = f"failed: {type(e).__name__}: {e}"[:200]
+            continue
+        # Peaks before any timing round, so the first implementation's is clean (see bench/README).
+        try:
+            peak = peak_extra_bytes(lambda: fwd_bwd_once(fn, bases, target, clone_input), dev)
+            peaks_mb[name] = None if peak is None else peak / 2**20
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory in a peer's measured call
+            peaks_mb[name], notes[name] = None, f"peak not measured: {type(e).__name__}: {e}"[:200]
     running = {name: impls[name] for name in impls if name not in failed}
     medians = time_interleaved(running, bases, target, repeats)
     objx_loss = losses["objx"].float() if "objx" in losses else None
@@ -402,11 +409,7 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None, 
             results.append(Result(family, name, getattr(objective, "name", objective), shape_s, dtype_s, None, None, None,
                                   not name.startswith("objx"), failed[name], floor_ms))
             continue
-        note = ""
-        try:
-            peak = peak_extra_bytes(lambda: fwd_bwd_once(fn, bases, target, clone_input), dev)
-        except Exception as e:  # noqa: BLE001 - e.g. out of memory in a peer's measured call
-            peak, note = None, f"peak not measured: {type(e).__name__}: {e}"[:200]
+        note = notes.get(name, "")
         loss = losses[name]
         if name == "objx":
             check = check_against_reference(family, objective, bases, target)
@@ -421,7 +424,7 @@ def run_case(family, shape, objective, dt, dev, repeats, use_compile, bar=None, 
             if check > TOLERANCE[dt]:
                 note = "loss differs from objx (objx is checked against float64)"
         results.append(Result(family, name, getattr(objective, "name", objective), shape_s, dtype_s,
-                              medians[name] * 1e3, None if peak is None else peak / 2**20, check, ok, note, floor_ms))
+                              medians[name] * 1e3, peaks_mb[name], check, ok, note, floor_ms))
     return results
 
 
