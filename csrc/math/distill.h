@@ -24,7 +24,8 @@ struct DistillParams {
 };
 
 // Per-row scalars: the four log-sum-exps of pass 1, then the raw divergence sum D and
-// sum_k q_k a_k of pass 2 (the backward's inputs).
+// sum_k q_k a_k of pass 2 (the backward's inputs). The CPU kernels leave lse_sT at 0 for TTM and
+// WTTM, which compare the untempered student and never read it.
 template <typename acc_t>
 struct DistillRow {
   acc_t lse_s1, lse_sT, lse_tT, lse_t1, div, qa;
